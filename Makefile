@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine:
+#   make demo   -> builds the environment if missing, runs the end-to-end demo
+#   make test   -> builds the environment if missing, runs the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: env demo test bench clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	# Face Mesh model ships inside this wheel; its numpy<2 / opencv-contrib pins are wrong for us.
+	$(PY) -m pip install -q --no-deps "mediapipe==0.10.21" "invisible-watermark==0.2.0"
+	$(PY) -c "import mediapipe, imwatermark, jax, flax, orbax.checkpoint, grain, av, cv2, librosa"
+	touch $(STAMP)
+
+demo: env
+	$(PY) -m ip_lap_jax.demo --out demo_out
+
+test: env
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+bench: env
+	$(PY) benchmarks/bench_models.py
+
+clean:
+	rm -rf $(VENV) demo_out
