@@ -1,0 +1,203 @@
+"""Training losses of the release, in JAX (REFERENCE section 6).
+
+- `landmark_loss`: L1 + velocity loss of train_landmarks_generator.py.
+- `perceptual_loss`: the renderer's VGG19 L1 perceptual loss (2 scales) with the Gram
+  style term, as `PerceptualLoss` in models/video_renderer.py, including its quirk of
+  mapping [0, 1] images through (x + 1) / 2 before the ImageNet normalisation.
+- `lsgan_loss`, `feature_matching_loss`, `discriminator_loss`,
+  `renderer_generator_loss`: the GAN terms and weighting of train_video_renderer.py.
+
+Every function returns float32 scalars; parity with the PyTorch originals is tested in
+tests/test_losses.py against ip_lap_jax/torch_mirror/losses.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from ip_lap_jax import ops
+from ip_lap_jax.models.vgg import PERCEPTUAL_LAYERS, VGG19Features
+
+Array = jax.Array
+DiscOutputs = Sequence[Sequence[Array]]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STYLE_WEIGHT = 250.0
+# train_video_renderer.py: the generator loss adds GAN terms only when global_epoch > 25.
+GAN_START_EPOCH = 25
+# torch.nn.functional.pairwise_distance adds eps to the difference before the norm.
+_PAIRWISE_EPS = 1e-6
+
+
+def _l1(a: Array, b: Array) -> Array:
+  return jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
+
+
+# ----------------------------------------------------------------------------- landmarks
+
+def velocity_loss(pred: Array, gt: Array) -> Array:
+  """Mean over (b, t) of ||(pred[t+1] - pred[t]) - (gt[t+1] - gt[t]) + 1e-6||_2.
+
+  Args:
+    pred, gt: [B, T, 57, 2]; the norm runs over all 114 coordinates of a frame.
+  Returns:
+    scalar.
+  """
+  chex.assert_equal_shape((pred, gt))
+  chex.assert_rank(pred, 4)
+  b, t = pred.shape[:2]
+  pred = pred.astype(jnp.float32).reshape(b, t, -1)
+  gt = gt.astype(jnp.float32).reshape(b, t, -1)
+  diff = (pred[:, 1:] - pred[:, :-1]) - (gt[:, 1:] - gt[:, :-1]) + _PAIRWISE_EPS
+  return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(diff), axis=-1)))
+
+
+def landmark_loss(pred: Array, gt: Array) -> tuple[Array, dict[str, Array]]:
+  """Landmark generator loss: L1(pred, gt) + velocity loss (weights 1, 1).
+
+  Args:
+    pred, gt: [B, T, 57, 2] content landmarks (x, y).
+  Returns:
+    (loss, {'l1': ..., 'velocity': ...}), all scalars.
+  """
+  chex.assert_equal_shape((pred, gt))
+  chex.assert_rank(pred, 4)
+  chex.assert_axis_dimension(pred, 3, 2)
+  l1 = _l1(pred, gt)
+  vel = velocity_loss(pred, gt)
+  return l1 + vel, {'l1': l1, 'velocity': vel}
+
+
+# ---------------------------------------------------------------------------- perceptual
+
+def imagenet_normalize(x: Array) -> Array:
+  """[B, H, W, 3] -> ((x + 1) / 2 - mean) / std, the release's normalisation (see module doc)."""
+  mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
+  std = jnp.asarray(IMAGENET_STD, jnp.float32)
+  return ((x.astype(jnp.float32) + 1.0) / 2.0 - mean) / std
+
+
+def gram_matrix(f: Array) -> Array:
+  """[B, H, W, C] -> [B, C, C] = f^T f / (H * W * C), in float32."""
+  chex.assert_rank(f, 4)
+  b, h, w, c = f.shape
+  f = f.astype(jnp.float32).reshape(b, h * w, c)
+  gram = jnp.einsum('bnc,bnd->bcd', f, f, precision=jax.lax.Precision.HIGHEST)
+  return gram / (h * w * c)
+
+
+def perceptual_loss(vgg_variables: Mapping[str, Any], inp: Array, target: Array, *,
+                    use_style: bool, style_weight: float = STYLE_WEIGHT,
+                    num_scales: int = 2, layers: Sequence[str] = PERCEPTUAL_LAYERS,
+                    dtype: Any = jnp.float32) -> Array:
+  """VGG19 perceptual loss of the release (weight 1 per layer, L1, `num_scales` scales).
+
+  loss = sum_{scale, layer} L1(phi(inp), phi(target)) + style_weight * sum_layer
+  L1(G(phi(inp)), G(phi(target))) at scale 0 only (when use_style). Each next scale
+  shrinks both images by 0.5 (bilinear, align_corners False, no antialias). The VGG
+  weights and the target branch carry no gradient, as in the release.
+
+  Args:
+    vgg_variables: {'params': ...} of `VGG19Features`.
+    inp: [B, H, W, 3] the generated (or warped) image, BGR in [0, 1] as the release feeds it.
+    target: [B, H, W, 3] the ground truth.
+    use_style: add the Gram style term.
+    style_weight: its weight (250 in the release).
+    num_scales: number of scales (2 in the release).
+    layers: VGG19 feature names used.
+    dtype: VGG compute dtype.
+  Returns:
+    scalar float32.
+  """
+  chex.assert_equal_shape((inp, target))
+  chex.assert_rank(inp, 4)
+  chex.assert_axis_dimension(inp, 3, 3)
+  vgg = VGG19Features(dtype=dtype)
+  vgg_variables = jax.lax.stop_gradient(vgg_variables)
+  batch = inp.shape[0]
+  inp = imagenet_normalize(inp)
+  target = imagenet_normalize(jax.lax.stop_gradient(target))
+  loss = jnp.zeros((), jnp.float32)
+  style = jnp.zeros((), jnp.float32)
+  for scale in range(num_scales):
+    # One VGG pass over [inp; target] instead of two.
+    feats = vgg.apply(vgg_variables, jnp.concatenate([inp, target], axis=0))
+    for name in layers:
+      fi = feats[name][:batch]
+      ft = jax.lax.stop_gradient(feats[name][batch:])
+      loss = loss + _l1(fi, ft)
+      if use_style and scale == 0:
+        style = style + _l1(gram_matrix(fi), gram_matrix(ft))
+    if scale != num_scales - 1:
+      h, w = inp.shape[1:3]
+      size = (h // 2, w // 2)
+      inp = ops.resize_bilinear(inp, size)
+      target = ops.resize_bilinear(target, size)
+  if use_style:
+    return loss + style_weight * style
+  return loss
+
+
+# ---------------------------------------------------------------------------------- GAN
+
+def lsgan_loss(disc_outputs: DiscOutputs, target_is_real: bool) -> Array:
+  """LSGAN: sum over scales of mean((prediction map - label)^2), label 1 (real) or 0 (fake).
+
+  Args:
+    disc_outputs: `MultiscaleDiscriminator` output; the last entry per scale is the map.
+  """
+  label = 1.0 if target_is_real else 0.0
+  loss = jnp.zeros((), jnp.float32)
+  for per_scale in disc_outputs:
+    pred = per_scale[-1].astype(jnp.float32)
+    loss = loss + jnp.mean(jnp.square(pred - label))
+  return loss
+
+
+def feature_matching_loss(fake_outputs: DiscOutputs, real_outputs: DiscOutputs) -> Array:
+  """pix2pixHD feature matching with the release's weights.
+
+  sum over scales i and intermediate layers j (all but the prediction map) of
+  (1 / num_d) * (4 / (n_layers + 1)) * 2.5 * L1(fake[i][j], stop_gradient(real[i][j])),
+  where n_layers + 2 = layers per scale (0.5 * 1.0 * 2.5 for the release's 2 x 5).
+  """
+  if len(fake_outputs) != len(real_outputs):
+    raise ValueError(f'{len(fake_outputs)} fake scales vs {len(real_outputs)} real scales')
+  num_d = len(fake_outputs)
+  loss = jnp.zeros((), jnp.float32)
+  for fake, real in zip(fake_outputs, real_outputs):
+    if len(fake) != len(real):
+      raise ValueError(f'{len(fake)} fake layers vs {len(real)} real layers')
+    n_layers = len(fake) - 2
+    weight = (1.0 / num_d) * (4.0 / (n_layers + 1)) * 2.5
+    for f, r in zip(fake[:-1], real[:-1]):
+      chex.assert_equal_shape((f, r))
+      loss = loss + weight * _l1(f, jax.lax.stop_gradient(r))
+  return loss
+
+
+def discriminator_loss(fake_outputs: DiscOutputs, real_outputs: DiscOutputs) -> Array:
+  """0.5 * (LSGAN(D(fake), 0) + LSGAN(D(real), 1)); `fake_outputs` must come from
+  D(stop_gradient(generated)), as the release detaches the generator output here."""
+  return 0.5 * (lsgan_loss(fake_outputs, False) + lsgan_loss(real_outputs, True))
+
+
+def renderer_generator_loss(warp_loss: Array, gen_loss: Array, gan_loss: Array,
+                            fm_loss: Array, epoch: int | Array) -> Array:
+  """Renderer loss: 2.5*warp while epoch <= 25, else 2.5*warp + 4*gen + 0.25*GAN + FM.
+
+  Args:
+    warp_loss: perceptual(warped reference, gt), no style.
+    gen_loss: perceptual(generated, gt) with style.
+    gan_loss: lsgan_loss(D(generated), True).
+    fm_loss: feature_matching_loss(D(generated), D(gt)).
+    epoch: the epoch counter (from 0); may be traced.
+  """
+  full = 2.5 * warp_loss + 4.0 * gen_loss + 0.1 * 2.5 * gan_loss + fm_loss
+  warp_only = 2.5 * warp_loss
+  return jnp.where(jnp.asarray(epoch) > GAN_START_EPOCH, full, warp_only)
