@@ -35,7 +35,10 @@ _PAIRWISE_EPS = 1e-6
 
 
 def _l1(a: Array, b: Array) -> Array:
-  return jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
+  """Mean absolute difference, in float32."""
+  d = a.astype(jnp.float32) - b.astype(jnp.float32)
+  # d * sign(d) has PyTorch's L1 gradient sign(d), which is 0 at a tie; jnp.abs has 1.
+  return jnp.mean(d * jax.lax.stop_gradient(jnp.sign(d)))
 
 
 # ----------------------------------------------------------------------------- landmarks
