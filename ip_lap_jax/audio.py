@@ -1,0 +1,201 @@
+"""Audio loading and the mel features of the release (REFERENCE sections 1 and 2).
+
+Decoding uses PyAV (it ships its own ffmpeg, so any container ffmpeg reads works: wav,
+mp3, m4a, flac, the audio track of an mp4). Samples are decoded at their native rate as
+float32, mixed to mono by averaging the channels and resampled with soxr at 'HQ'
+quality, trimmed/padded to ceil(S * ratio): the release loads with
+`librosa.load(path, sr=16000)`, which does exactly that (mean over channels, then
+`librosa.resample(res_type='soxr_hq')`), so for PCM wav the result equals the
+release's bit for bit. For compressed formats the decoder differs (ffmpeg here,
+libsndfile/audioread there): on abstract.mp3 the difference is ~1e-6.
+
+The mel spectrogram is Wav2Lip's recipe, computed in float64 like the release (its
+`lfilter` promotes to float64) and returned as float32 `[80, M]`, M = 1 + S // 200
+(80 mel frames per second of 16 kHz audio).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import chex
+import numpy as np
+import scipy.io.wavfile
+import scipy.signal
+
+from ip_lap_jax.errors import MediaError, require_file
+
+SAMPLE_RATE = 16000
+FPS = 25  # video rate the mel windows are aligned to
+N_FFT = 800
+HOP = 200
+WIN = 800
+N_MELS = 80
+FMIN = 55.0
+FMAX = 7600.0
+PREEMPHASIS = 0.97
+MIN_LEVEL_DB = -100.0
+REF_LEVEL_DB = 20.0
+MAX_ABS_VALUE = 4.0
+MEL_STEP = 16  # mel frames per video frame window (0.2 s)
+
+# STFT frames processed per block, so memory stays bounded for long recordings.
+_STFT_BLOCK = 4096
+
+
+def decode_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+  """Decodes the first audio stream of any media file at its native rate.
+
+  Returns:
+    (samples, rate): samples float32 `[C, S]` in [-1, 1] (planar, one row per channel).
+  Raises:
+    MediaError: missing file, no audio stream, undecodable data, or no samples.
+  """
+  import av  # PyAV is only needed for media I/O; keep package import cheap.
+
+  path = require_file(path)
+  chunks: list[np.ndarray] = []
+  try:
+    with av.open(path) as container:
+      if not container.streams.audio:
+        raise MediaError(path, "no audio stream")
+      stream = container.streams.audio[0]
+      # fltp = float32 planar; layout and rate stay those of the source.
+      resampler = av.AudioResampler(format="fltp")
+      rate = 0
+      for frame in container.decode(stream):
+        for out in resampler.resample(frame):
+          rate = out.sample_rate
+          chunks.append(out.to_ndarray())
+      for out in resampler.resample(None):
+        chunks.append(out.to_ndarray())
+  except MediaError:
+    raise
+  except (av.error.FFmpegError, ValueError) as e:
+    raise MediaError(path, f"cannot decode: {e}") from e
+  if not chunks or sum(c.shape[-1] for c in chunks) == 0:
+    raise MediaError(path, "audio stream has no samples")
+  samples = np.concatenate(chunks, axis=-1).astype(np.float32, copy=False)
+  return samples, int(rate)
+
+
+def load_audio(path: str | os.PathLike[str], sr: int = SAMPLE_RATE) -> np.ndarray:
+  """Loads any audio (or a video's audio track) as mono float32 `[S]` at `sr` Hz.
+
+  Mono = mean of the channels; resampling = soxr_hq (librosa's default), as the
+  release's `librosa.load(path, sr=16000)`.
+  """
+  samples, rate = decode_audio(path)
+  mono = samples.mean(axis=0, dtype=np.float32)
+  if rate != sr:
+    mono = _resample_soxr_hq(mono, rate, sr)
+  return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _resample_soxr_hq(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+  """`librosa.resample(y, res_type='soxr_hq')` without librosa's numba start-up cost.
+
+  Same steps: soxr at 'HQ' quality, then trimmed or zero-padded to ceil(S * ratio).
+  """
+  import soxr
+
+  n_out = int(np.ceil(y.shape[-1] * float(target_sr) / orig_sr))
+  out = soxr.resample(y, orig_sr, target_sr, quality="soxr_hq")
+  if out.shape[-1] >= n_out:
+    return out[:n_out]
+  return np.pad(out, (0, n_out - out.shape[-1]))
+
+
+def save_wav(path: str | os.PathLike[str], wav: np.ndarray, sr: int = SAMPLE_RATE) -> None:
+  """Writes mono float audio `[S]` (nominally in [-1, 1]) as 16-bit PCM wav.
+
+  Unlike the release's `save_wav`, the level is not renormalised: values are clipped to
+  [-1, 1] and scaled by 32767, so loading the file back gives the same signal.
+  """
+  wav = np.asarray(wav)
+  chex.assert_rank(wav, 1)
+  pcm = np.round(np.clip(wav.astype(np.float64), -1.0, 1.0) * 32767.0).astype(np.int16)
+  scipy.io.wavfile.write(os.fspath(path), int(sr), pcm)
+
+
+@functools.lru_cache(maxsize=1)
+def _mel_basis() -> np.ndarray:
+  """librosa's Slaney mel filterbank `[80, 401]`, float64 (the release's float32 values)."""
+  import librosa
+
+  basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX)
+  return basis.astype(np.float64)
+
+
+@functools.lru_cache(maxsize=1)
+def _hann_window() -> np.ndarray:
+  # Periodic Hann, as librosa's get_window('hann', fftbins=True).
+  return scipy.signal.get_window("hann", WIN, fftbins=True).astype(np.float64)
+
+
+def melspectrogram(wav: np.ndarray) -> np.ndarray:
+  """Normalised log-mel spectrogram of 16 kHz mono audio.
+
+  Args:
+    wav: float `[S]` at 16 kHz.
+  Returns:
+    float32 `[80, M]`, M = 1 + S // 200, values in [-4, 4].
+  """
+  wav = np.asarray(wav)
+  chex.assert_rank(wav, 1)
+  y = scipy.signal.lfilter([1.0, -PREEMPHASIS], [1.0], wav.astype(np.float64))
+  # Centred frames with zero padding (librosa's center=True, pad_mode='constant').
+  y = np.pad(y, N_FFT // 2, mode="constant")
+  frames = np.lib.stride_tricks.sliding_window_view(y, N_FFT)[::HOP]  # [M, 800] view
+  window, basis = _hann_window(), _mel_basis()
+  mel = np.empty((N_MELS, frames.shape[0]), np.float64)
+  for start in range(0, frames.shape[0], _STFT_BLOCK):
+    block = frames[start:start + _STFT_BLOCK]
+    magnitude = np.abs(np.fft.rfft(block * window, n=N_FFT, axis=-1))  # [m, 401]
+    mel[:, start:start + block.shape[0]] = basis @ magnitude.T
+  min_level = np.exp(MIN_LEVEL_DB / 20.0 * np.log(10.0))  # 1e-5
+  db = 20.0 * np.log10(np.maximum(min_level, mel)) - REF_LEVEL_DB
+  normalised = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
+  return np.clip(normalised, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
+
+
+def training_mel_window(mel: np.ndarray, frame_index: int) -> np.ndarray | None:
+  """The 16-frame mel window of video frame `frame_index` (training sampler).
+
+  Starts at mel frame `int(80 * (i - 2) / 25)`, so the window is centred on the frame.
+  Args:
+    mel: `[80, M]`.
+  Returns:
+    `[80, 16]` view, or None where the window would start before 0 or run past the end.
+  """
+  chex.assert_rank(mel, 2)
+  shifted = frame_index - 2
+  if shifted < 0:
+    return None
+  # Same float expression as the release, so rounding at exact multiples agrees.
+  start = int(80.0 * (shifted / float(FPS)))
+  if start + MEL_STEP > mel.shape[1]:
+    return None
+  return mel[:, start:start + MEL_STEP]
+
+
+def inference_mel_chunks(mel: np.ndarray) -> np.ndarray:
+  """Every full 16-frame window at 25 fps steps: chunk k = mel[:, int(k*80/25):][:, :16].
+
+  Output frame j uses chunk `max(0, j - 2)` (the release's centring; see inference).
+  Args:
+    mel: `[80, M]`.
+  Returns:
+    `[K, 80, 16]` (K may be 0 for audio shorter than 0.2 s).
+  """
+  chex.assert_rank(mel, 2)
+  multiplier = 80.0 / FPS
+  starts = []
+  k = 0
+  while int(k * multiplier) + MEL_STEP <= mel.shape[1]:
+    starts.append(int(k * multiplier))
+    k += 1
+  if not starts:
+    return np.zeros((0, mel.shape[0], MEL_STEP), mel.dtype)
+  return np.stack([mel[:, s:s + MEL_STEP] for s in starts])

@@ -1,0 +1,357 @@
+"""Video I/O with PyAV: probing, streaming 25 fps frames, and an H.264 + AAC writer.
+
+Frames are BGR uint8 `[H, W, 3]` (OpenCV order, as the release). The release converts
+other rates to 25 fps with `ffmpeg -r 25` before reading; `iter_frames` does the same
+conversion on the fly by presentation timestamp: output frame k (time k / fps after the
+first source frame) is the source frame whose timestamp is nearest to it (a tie goes to
+the later frame), and output continues while k / fps is before the end of the last
+source frame (its timestamp plus one source frame duration). A 30 fps, 9 s clip gives
+225 frames; a 25 fps clip passes through unchanged. Only the previous decoded frame is
+held, so memory does not grow with the clip's length. Rotation metadata (phone videos)
+is not applied.
+
+A still image (png, jpg, bmp, webp, tiff) is read with `cv2.imdecode` from bytes (so
+non-ASCII paths work) and yields one frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fractions
+import os
+import uuid
+from typing import Iterator, Mapping
+
+import chex
+import cv2
+import numpy as np
+
+from ip_lap_jax.errors import MediaError, require_file
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+# Sample rates ffmpeg's native AAC encoder accepts; others are resampled to 48 kHz.
+_AAC_RATES = frozenset({7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000,
+                        64000, 88200, 96000})
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+  """What `probe` reports. A still image: fps 0, num_frames 1, duration 0."""
+  fps: float
+  width: int
+  height: int
+  num_frames: int
+  duration: float  # seconds
+  has_audio: bool
+
+
+def is_image(path: str | os.PathLike[str]) -> bool:
+  return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+def _read_image(path: str) -> np.ndarray:
+  data = np.fromfile(path, np.uint8)
+  image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+  if image is None:
+    raise MediaError(path, "cannot decode image")
+  return image
+
+
+def _av_error_types() -> tuple[type[BaseException], ...]:
+  import av
+
+  return (av.error.FFmpegError, ValueError)
+
+
+def _open_video(path: str):
+  """Opens `path` with PyAV and returns (container, video stream); MediaError otherwise."""
+  import av
+
+  try:
+    container = av.open(path)
+  except _av_error_types() as e:
+    raise MediaError(path, f"cannot decode: {e}") from e
+  if not container.streams.video:
+    container.close()
+    raise MediaError(path, "no video stream")
+  return container, container.streams.video[0]
+
+
+def _stream_fps(stream) -> fractions.Fraction | None:
+  rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+  return fractions.Fraction(rate) if rate else None
+
+
+def probe(path: str | os.PathLike[str]) -> VideoInfo:
+  """Reads a video's (or an image's) rate, size, frame count, duration and audio presence.
+
+  The frame count comes from the container; where it does not store one, packets are
+  counted (demuxing only, no decoding).
+  """
+  path = require_file(path)
+  if is_image(path):
+    image = _read_image(path)
+    return VideoInfo(0.0, image.shape[1], image.shape[0], 1, 0.0, False)
+  container, stream = _open_video(path)
+  try:
+    fps = _stream_fps(stream)
+    num_frames = int(stream.frames)
+    if num_frames <= 0:
+      num_frames = sum(1 for p in container.demux(stream) if p.size)
+    if stream.duration is not None and stream.time_base is not None:
+      duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+      duration = container.duration / 1e6
+    else:
+      duration = num_frames / float(fps) if fps else 0.0
+    return VideoInfo(
+        fps=float(fps) if fps else 0.0,
+        width=int(stream.codec_context.width),
+        height=int(stream.codec_context.height),
+        num_frames=num_frames,
+        duration=duration,
+        has_audio=bool(container.streams.audio),
+    )
+  except _av_error_types() as e:
+    raise MediaError(path, f"cannot decode: {e}") from e
+  finally:
+    container.close()
+
+
+def iter_frames(path: str | os.PathLike[str], fps: float = 25.0) -> Iterator[np.ndarray]:
+  """Streams BGR uint8 `[H, W, 3]` frames resampled to `fps` (see the module docstring).
+
+  The file is checked when called (MediaError for a missing, undecodable or video-less
+  file); frames are decoded lazily while iterating. Each yielded array is a fresh copy
+  the caller may modify.
+  Raises:
+    MediaError: as above, or "zero frames" when nothing decodes.
+  """
+  path = require_file(path)
+  if fps <= 0:
+    raise ValueError(f"fps must be positive, got {fps}")
+  if is_image(path):
+    return iter([_read_image(path)])
+  container, _ = _open_video(path)  # fail now, not at the first next()
+  container.close()
+  return _resampled_frames(path, fractions.Fraction(fps).limit_denominator(100_000))
+
+
+def _resampled_frames(path: str, fps: fractions.Fraction) -> Iterator[np.ndarray]:
+  container, stream = _open_video(path)
+  stream.thread_type = "AUTO"
+  source_fps = _stream_fps(stream)
+  step = 1 / fps
+  emitted = 0
+  prev_frame, prev_time, prev_array = None, None, None
+  first_pts = None
+  index = 0
+  try:
+    with container:
+      for frame in container.decode(stream):
+        if frame.pts is not None and frame.time_base is not None:
+          if first_pts is None:
+            first_pts = frame.pts
+          t = fractions.Fraction(frame.pts - first_pts) * frame.time_base
+        else:  # no timestamps: assume a constant rate
+          t = fractions.Fraction(index) / (source_fps or fps)
+        index += 1
+        if prev_frame is not None:
+          if t <= prev_time:
+            continue  # out-of-order or duplicate timestamp: keep the earlier frame
+          midpoint = (prev_time + t) / 2
+          while emitted * step < midpoint:
+            if prev_array is None:
+              prev_array = prev_frame.to_ndarray(format="bgr24")
+              yield prev_array.copy()
+            else:
+              yield prev_array.copy()
+            emitted += 1
+        prev_frame, prev_time, prev_array = frame, t, None
+      if prev_frame is None:
+        raise MediaError(path, "zero frames")
+      frame_duration = 1 / source_fps if source_fps else step
+      end_time = prev_time + frame_duration
+      # The last frame covers the rest of the clip; at least one frame is always given.
+      while emitted * step < end_time or emitted == 0:
+        if prev_array is None:
+          prev_array = prev_frame.to_ndarray(format="bgr24")
+        yield prev_array.copy()
+        emitted += 1
+  except _av_error_types() as e:
+    raise MediaError(path, f"cannot decode: {e}") from e
+
+
+def read_frames(path: str | os.PathLike[str], fps: float = 25.0) -> list[np.ndarray]:
+  """All frames of `iter_frames(path, fps)` in a list (holds the whole clip in memory)."""
+  return list(iter_frames(path, fps))
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+  """Container-level metadata tags of a media file (e.g. {'comment': ...})."""
+  import av
+
+  path = require_file(path)
+  try:
+    with av.open(path) as container:
+      return dict(container.metadata)
+  except _av_error_types() as e:
+    raise MediaError(path, f"cannot decode: {e}") from e
+
+
+class VideoWriter:
+  """Writes BGR uint8 frames as an H.264 (libx264, yuv420p) mp4, audio muxed on close.
+
+  Usage:
+    with VideoWriter("out.mp4", fps=25, audio_path="speech.wav",
+                     metadata={"comment": "..."}) as writer:
+      for frame in frames:
+        writer.write(frame)
+
+  The file is written to a hidden temporary file beside `path` and renamed on a
+  successful close; on an exception inside the `with` block (or `abort()`) the
+  temporary file is deleted and `path` is untouched. All frames must have the first
+  frame's size; yuv420p needs even sizes, so an odd width or height is padded by
+  repeating the last column/row (the output is then 1 pixel larger). The audio (any
+  format `ip_lap_jax.audio.decode_audio` reads) is encoded as AAC at its own rate
+  (48 kHz if AAC does not support it), mono or stereo, and kept whole (not cut to the
+  video's length, as the release's ffmpeg mux). `metadata` goes into the container's
+  tags (arbitrary keys are kept: movflags use_metadata_tags).
+  """
+
+  def __init__(self, path: str | os.PathLike[str], fps: float = 25, audio_path: str | os.PathLike[str] | None = None,
+               metadata: Mapping[str, str] | None = None, crf: int = 18, preset: str = "medium"):
+    self.path = os.fspath(path)
+    self.fps = fractions.Fraction(fps).limit_denominator(100_000)
+    self.crf = int(crf)
+    self.preset = preset
+    self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+    self.num_frames = 0
+    self._audio: tuple[np.ndarray, int] | None = None
+    if audio_path is not None:
+      from ip_lap_jax import audio as audio_lib
+
+      # Decoded now so that a bad audio file fails before any frame is rendered.
+      self._audio = audio_lib.decode_audio(audio_path)
+    directory = os.path.dirname(os.path.abspath(self.path))
+    if not os.path.isdir(directory):
+      raise MediaError(self.path, "output directory does not exist")
+    self._tmp_path = os.path.join(directory, f".{os.path.basename(self.path)}.{uuid.uuid4().hex[:8]}.tmp")
+    self._container = None
+    self._video_stream = None
+    self._audio_stream = None
+    self._size: tuple[int, int] | None = None  # (height, width) of the input frames
+    self._closed = False
+
+  def __enter__(self) -> "VideoWriter":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      self.close()
+    else:
+      self.abort()
+
+  def _start(self, height: int, width: int) -> None:
+    import av
+
+    self._container = av.open(self._tmp_path, mode="w", format="mp4",
+                              options={"movflags": "use_metadata_tags"})
+    self._container.metadata.update(self.metadata)
+    stream = self._container.add_stream("libx264", rate=self.fps)
+    stream.width, stream.height = width + width % 2, height + height % 2
+    stream.pix_fmt = "yuv420p"
+    stream.codec_context.time_base = 1 / self.fps
+    stream.options = {"crf": str(self.crf), "preset": self.preset}
+    self._video_stream = stream
+    if self._audio is not None:
+      # Every stream must exist before the first packet is muxed (the header).
+      samples, rate = self._audio
+      channels = samples.shape[0]
+      self._audio_stream = self._container.add_stream(
+          "aac", rate=rate if rate in _AAC_RATES else 48000,
+          layout="mono" if channels == 1 else "stereo")
+
+  def write(self, frame_bgr: np.ndarray) -> None:
+    """Appends one BGR uint8 `[H, W, 3]` frame."""
+    import av
+
+    if self._closed:
+      raise RuntimeError(f"{self.path}: writer already closed")
+    frame_bgr = np.asarray(frame_bgr)
+    chex.assert_rank(frame_bgr, 3)
+    chex.assert_type(frame_bgr, np.uint8)
+    height, width, channels = frame_bgr.shape
+    if channels != 3:
+      raise ValueError(f"{self.path}: frames must be [H, W, 3] BGR, got shape {frame_bgr.shape}")
+    if self._size is None:
+      self._size = (height, width)
+      self._start(height, width)
+    elif self._size != (height, width):
+      raise ValueError(f"{self.path}: frame {self.num_frames} is {height}x{width}, "
+                       f"the first frame was {self._size[0]}x{self._size[1]}")
+    if height % 2 or width % 2:
+      frame_bgr = np.pad(frame_bgr, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_bgr), format="bgr24")
+    frame.pts = self.num_frames
+    frame.time_base = 1 / self.fps
+    for packet in self._video_stream.encode(frame):
+      self._container.mux(packet)
+    self.num_frames += 1
+
+  def _write_audio(self) -> None:
+    import av
+
+    samples, rate = self._audio
+    stream = self._audio_stream
+    if samples.shape[0] > 2:
+      samples = samples.mean(axis=0, keepdims=True, dtype=np.float32)
+    if stream.rate != rate:
+      from ip_lap_jax.audio import _resample_soxr_hq
+
+      samples = np.stack([_resample_soxr_hq(c, rate, stream.rate) for c in samples])
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    layout = "mono" if samples.shape[0] == 1 else "stereo"
+    chunk = stream.codec_context.frame_size or 1024
+    for start in range(0, samples.shape[1], chunk):
+      frame = av.AudioFrame.from_ndarray(
+          np.ascontiguousarray(samples[:, start:start + chunk]), format="fltp", layout=layout)
+      frame.sample_rate = stream.rate
+      frame.pts = start
+      frame.time_base = fractions.Fraction(1, stream.rate)
+      for packet in stream.encode(frame):
+        self._container.mux(packet)
+    for packet in stream.encode(None):
+      self._container.mux(packet)
+
+  def close(self) -> None:
+    """Flushes the encoders, muxes the audio and moves the file into place."""
+    if self._closed:
+      return
+    if self._container is None:
+      self._closed = True
+      raise MediaError(self.path, "zero frames written")
+    try:
+      for packet in self._video_stream.encode(None):
+        self._container.mux(packet)
+      if self._audio_stream is not None:
+        self._write_audio()
+      self._container.close()
+      self._container = None
+      os.replace(self._tmp_path, self.path)
+    except BaseException:
+      self.abort()
+      raise
+    self._closed = True
+
+  def abort(self) -> None:
+    """Discards everything written; `path` is left as it was."""
+    self._closed = True
+    if self._container is not None:
+      try:
+        self._container.close()
+      except Exception:  # the file is being discarded; a muxer error changes nothing
+        pass
+      self._container = None
+    if os.path.exists(self._tmp_path):
+      os.remove(self._tmp_path)
