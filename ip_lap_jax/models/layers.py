@@ -75,21 +75,63 @@ class ConvBN(nn.Module):
     return _ACTIVATIONS[self.activation](y)
 
 
-# (features, kernel, stride, padding, residual) of the 13 mel-encoder layers (REFERENCE s. 4).
-MEL_ENCODER_LAYERS: tuple[tuple[int, int, tuple[int, int], int, bool], ...] = (
-    (32, 3, (1, 1), 1, False),
-    (32, 3, (1, 1), 1, True),
-    (32, 3, (1, 1), 1, True),
+# One ConvBN layer of a stack: (features, kernel, stride, padding, residual); kernel and
+# stride are ints (same on every spatial axis) or per-axis tuples.
+LayerSpec = tuple[int, int | tuple[int, ...], int | tuple[int, ...], int, bool]
+
+
+def conv_bn_stack(
+    x: Array,
+    layers: Sequence[LayerSpec],
+    *,
+    name_prefix: str,
+    final_activation: Activation,
+    dtype: Any,
+    train: bool,
+) -> Array:
+  """Runs ConvBN layers `f"{name_prefix}_{i}"` in the calling module's scope.
+
+  Call it from inside an `@nn.compact` method: the layers become submodules of that
+  module, named like the official `nn.Sequential` entries `<name_prefix>.<i>`. Every layer
+  ends in ReLU except the last, which ends in `final_activation`.
+
+  Args:
+    x: [B, L, C] (1-D) or [B, H, W, C] (2-D).
+    layers: LayerSpec per layer.
+  Returns:
+    the last layer's output.
+  """
+  ndim = x.ndim - 2
+  last = len(layers) - 1
+  for i, (features, kernel, stride, pad, residual) in enumerate(layers):
+    x = ConvBN(
+        features,
+        (kernel,) * ndim if isinstance(kernel, int) else tuple(kernel),
+        (stride,) * ndim if isinstance(stride, int) else tuple(stride),
+        padding=pad,
+        residual=residual,
+        activation=final_activation if i == last else "relu",
+        dtype=dtype,
+        name=f"{name_prefix}_{i}",
+    )(x, train=train)
+  return x
+
+
+# The 13 mel-encoder layers (REFERENCE section 4); input [B, 80, 16, 1] -> [B, 1, 1, 512].
+MEL_ENCODER_LAYERS: tuple[LayerSpec, ...] = (
+    (32, 3, 1, 1, False),
+    (32, 3, 1, 1, True),
+    (32, 3, 1, 1, True),
     (64, 3, (3, 1), 1, False),
-    (64, 3, (1, 1), 1, True),
-    (64, 3, (1, 1), 1, True),
-    (128, 3, (3, 3), 1, False),
-    (128, 3, (1, 1), 1, True),
-    (128, 3, (1, 1), 1, True),
+    (64, 3, 1, 1, True),
+    (64, 3, 1, 1, True),
+    (128, 3, 3, 1, False),
+    (128, 3, 1, 1, True),
+    (128, 3, 1, 1, True),
     (256, 3, (3, 2), 1, False),
-    (256, 3, (1, 1), 1, True),
-    (512, 3, (1, 1), 0, False),
-    (512, 1, (1, 1), 0, False),
+    (256, 3, 1, 1, True),
+    (512, 3, 1, 0, False),
+    (512, 1, 1, 0, False),
 )
 
 
@@ -108,6 +150,9 @@ class MelEncoder(nn.Module):
       nn.share_scope(self, enc)
       feature = enc(mels, train=train)    # [B, 512]
 
+  (Equivalently, call `conv_bn_stack(mels, MEL_ENCODER_LAYERS, name_prefix=...)` from the
+  parent's compact method and reshape the [B, 1, 1, 512] result.)
+
   Attributes:
     final_activation: 'tanh' (landmark generator) or 'relu' (renderer).
     name_prefix: submodule name prefix.
@@ -122,18 +167,13 @@ class MelEncoder(nn.Module):
   def __call__(self, mels: Array, *, train: bool) -> Array:
     """mels: [B, 80, 16, 1] -> [B, 512]."""
     chex.assert_shape(mels, (None, 80, 16, 1))
-    x = mels.astype(self.dtype)
-    last = len(MEL_ENCODER_LAYERS) - 1
-    for i, (features, k, stride, pad, residual) in enumerate(MEL_ENCODER_LAYERS):
-      x = ConvBN(
-          features,
-          (k, k),
-          stride,
-          padding=pad,
-          residual=residual,
-          activation=self.final_activation if i == last else "relu",
-          dtype=self.dtype,
-          name=f"{self.name_prefix}_{i}",
-      )(x, train=train)
+    x = conv_bn_stack(
+        mels.astype(self.dtype),
+        MEL_ENCODER_LAYERS,
+        name_prefix=self.name_prefix,
+        final_activation=self.final_activation,
+        dtype=self.dtype,
+        train=train,
+    )
     chex.assert_shape(x, (mels.shape[0], 1, 1, 512))
     return x.reshape(mels.shape[0], 512)
