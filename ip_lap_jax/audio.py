@@ -110,12 +110,13 @@ def _resample_soxr_hq(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray
 def save_wav(path: str | os.PathLike[str], wav: np.ndarray, sr: int = SAMPLE_RATE) -> None:
   """Writes mono float audio `[S]` (nominally in [-1, 1]) as 16-bit PCM wav.
 
-  Unlike the release's `save_wav`, the level is not renormalised: values are clipped to
-  [-1, 1] and scaled by 32767, so loading the file back gives the same signal.
+  Unlike the release's `save_wav`, the level is not renormalised: samples are scaled by
+  32768 (the factor decoders divide by), rounded and clipped to int16, so loading the
+  file back gives the same signal to within half a quantisation step.
   """
   wav = np.asarray(wav)
   chex.assert_rank(wav, 1)
-  pcm = np.round(np.clip(wav.astype(np.float64), -1.0, 1.0) * 32767.0).astype(np.int16)
+  pcm = np.clip(np.rint(wav.astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)
   scipy.io.wavfile.write(os.fspath(path), int(sr), pcm)
 
 

@@ -1,0 +1,124 @@
+"""Audio loading and mel features against librosa and the release's recipe (REFERENCE section 2)."""
+
+from __future__ import annotations
+
+import math
+
+import librosa
+import numpy as np
+import pytest
+import scipy.signal
+
+from ip_lap_jax import audio
+from ip_lap_jax.errors import MediaError
+
+
+def reference_mel(wav: np.ndarray) -> np.ndarray:
+  """The release's melspectrogram written out with librosa calls, [80, M]."""
+  y = scipy.signal.lfilter([1, -0.97], [1], wav)
+  spec = np.abs(librosa.stft(y=y, n_fft=800, hop_length=200, win_length=800, window="hann",
+                             center=True, pad_mode="constant"))
+  basis = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)
+  db = 20 * np.log10(np.maximum(1e-5, basis @ spec)) - 20
+  return np.clip(8 * (db + 100) / 100 - 4, -4, 4)
+
+
+@pytest.mark.parametrize("name", ["audio2.wav", "abstract.mp3"])
+def test_melspectrogram_matches_librosa_recipe(shared_data, name):
+  wav = audio.load_audio(shared_data / name)
+  mel = audio.melspectrogram(wav)
+  ref = reference_mel(wav)
+  assert mel.dtype == np.float32
+  assert mel.shape == ref.shape == (80, 1 + len(wav) // 200)
+  assert np.max(np.abs(mel - ref)) <= 1e-4
+  # 80 mel frames per second of audio.
+  assert abs(mel.shape[1] - len(wav) / 16000 * 80) <= 1
+  # Speech spans the range: not all clipped to one value.
+  assert mel.min() == -4.0 and mel.max() > 0.0
+
+
+def test_load_wav_equals_librosa_load(shared_data):
+  """Stereo 44.1 kHz wav: same samples as the release's librosa.load(path, sr=16000)."""
+  path = shared_data / "audio2.wav"
+  wav = audio.load_audio(path)
+  ref, _ = librosa.load(path, sr=16000)
+  assert wav.dtype == np.float32 and wav.ndim == 1
+  assert wav.shape == ref.shape
+  np.testing.assert_array_equal(wav, ref)
+  samples, rate = audio.decode_audio(path)
+  assert samples.shape[0] == 2 and rate == 44100
+  assert len(wav) == math.ceil(samples.shape[1] * 16000 / 44100)
+
+
+def test_load_mp3_is_16k_mono_of_right_length(shared_data):
+  path = shared_data / "abstract.mp3"
+  wav = audio.load_audio(path)
+  samples, rate = audio.decode_audio(path)
+  assert wav.ndim == 1 and wav.dtype == np.float32
+  assert len(wav) == math.ceil(samples.shape[1] * 16000 / rate)
+  ref, _ = librosa.load(path, sr=16000)
+  assert abs(len(wav) - len(ref)) <= 16  # decoders may differ by the mp3 start padding
+  n = min(len(wav), len(ref))
+  assert np.max(np.abs(wav[:n] - ref[:n])) < 1e-3
+
+
+def test_load_audio_track_of_mp4(shared_data):
+  import av
+
+  path = shared_data / "face_1.mp4"
+  with av.open(str(path)) as container:
+    stream = container.streams.audio[0]
+    seconds = float(stream.duration * stream.time_base)
+  wav = audio.load_audio(path)
+  assert wav.ndim == 1
+  assert abs(len(wav) / 16000 - seconds) < 0.05
+  assert np.std(wav) > 1e-3  # real sound, not silence
+  assert np.all(np.abs(wav) <= 1.0 + 1e-3)
+
+
+def test_save_wav_round_trip(tmp_path):
+  rng = np.random.default_rng(0)
+  wav = (0.5 * rng.standard_normal(8000)).clip(-1, 0.999).astype(np.float32)  # +1.0 saturates at 32767
+  path = tmp_path / "tone é.wav"
+  audio.save_wav(path, wav)
+  back = audio.load_audio(path)
+  assert back.shape == wav.shape
+  assert np.max(np.abs(back - wav)) <= 0.5 / 32768 + 1e-7
+  back_8k = audio.load_audio(path, sr=8000)
+  assert len(back_8k) == 4000
+
+
+def test_media_errors_name_the_file(shared_data, tmp_path):
+  missing = tmp_path / "nothing here.wav"
+  with pytest.raises(MediaError, match="nothing here.wav: no such file"):
+    audio.load_audio(missing)
+  corrupt = tmp_path / "corrupt.mp3"
+  corrupt.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+  with pytest.raises(MediaError, match="corrupt.mp3: "):
+    audio.load_audio(corrupt)
+  with pytest.raises(MediaError, match="129.mp4: no audio stream"):
+    audio.load_audio(shared_data / "129.mp4")
+
+
+def test_training_window_and_inference_chunks_agree():
+  mel = np.random.default_rng(0).standard_normal((80, 123)).astype(np.float32)
+  assert audio.training_mel_window(mel, 0) is None
+  assert audio.training_mel_window(mel, 1) is None
+  valid = []
+  for i in range(60):
+    window = audio.training_mel_window(mel, i)
+    start = int(80 * (i - 2) / 25)
+    if i < 2 or start + 16 > mel.shape[1]:
+      assert window is None
+      continue
+    valid.append(i)
+    np.testing.assert_array_equal(window, mel[:, start:start + 16])
+  chunks = audio.inference_mel_chunks(mel)
+  assert chunks.shape == (len(valid), 80, 16)
+  # Inference chunk k is the training window of frame k + 2 (same centring).
+  for k, i in enumerate(valid):
+    assert i == k + 2
+    np.testing.assert_array_equal(chunks[k], audio.training_mel_window(mel, i))
+  # Every full window is used: the next start would run past the end.
+  assert int(len(chunks) * 80 / 25) + 16 > mel.shape[1]
+  assert audio.inference_mel_chunks(mel[:, :15]).shape == (0, 80, 16)
