@@ -1,0 +1,91 @@
+"""Watermark: the package's per-block rule, survival through H.264, detector and CLI."""
+
+from __future__ import annotations
+
+import itertools
+
+import cv2
+import numpy as np
+import pytest
+from imwatermark.dwtDctSvd import EmbedDwtDctSvd
+
+from ip_lap_jax import video, watermark
+from ip_lap_jax.errors import MediaError
+
+
+@pytest.fixture(scope="module")
+def marked(shared_data, tmp_path_factory):
+  """25 frames of 129.mp4, watermarked and written with VideoWriter (crf 18)."""
+  frames = list(itertools.islice(video.iter_frames(shared_data / "129.mp4"), 25))
+  marked_frames = [watermark.embed_frame(f) for f in frames]
+  path = tmp_path_factory.mktemp("wm") / "marked video.mp4"
+  with video.VideoWriter(path, metadata=watermark.METADATA, crf=18) as writer:
+    for frame in marked_frames:
+      writer.write(frame)
+  return frames, marked_frames, path
+
+
+def test_block_rule_equals_imwatermark():
+  rng = np.random.default_rng(0)
+  blocks = rng.uniform(0, 600, (50, 4, 4))
+  bits = rng.integers(0, 2, 50)
+  lib = EmbedDwtDctSvd(watermarks=bits.tolist(), wmLen=50, scales=[0, 36, 36], block=4)
+  np.testing.assert_allclose(watermark._dct_matrix() @ blocks[0] @ watermark._dct_matrix().T,
+                             cv2.dct(blocks[0]), atol=1e-9)
+  expected = np.stack([lib.diffuse_dct_svd(b.copy(), int(t), 36) for b, t in zip(blocks, bits)])
+  ours = watermark.embed_blocks(blocks, bits)
+  np.testing.assert_allclose(ours, expected, atol=1e-8)
+  lib_votes = np.array([lib.infer_dct_svd(b, 36) for b in ours])
+  np.testing.assert_array_equal(watermark.block_votes(ours), lib_votes)
+  np.testing.assert_array_equal(lib_votes, bits)
+
+
+def test_key_is_balanced_and_fixed():
+  key = watermark.block_key(4096)
+  assert set(np.unique(key)) == {0, 1}
+  assert abs(key.mean() - 0.5) < 0.05
+  np.testing.assert_array_equal(watermark.block_key(100), key[:100])  # prefix-stable
+
+
+def test_embedding_is_invisible_and_decodes_exactly(marked):
+  frames, marked_frames, _ = marked
+  for original, frame in zip(frames[:5], marked_frames[:5]):
+    assert frame.shape == original.shape and frame.dtype == np.uint8
+    mse = np.mean((frame.astype(np.float64) - original) ** 2)
+    assert 10 * np.log10(255 ** 2 / mse) > 38.0
+    assert watermark.detect_frame(frame) == 1.0
+    assert watermark.detect_frame(original) < watermark.FOUND_THRESHOLD
+
+
+def test_survives_h264_and_is_absent_from_the_input(shared_data, marked):
+  _, _, path = marked
+  report = watermark.detect_video(path)
+  assert report.found
+  assert report.bit_accuracy >= watermark.FOUND_THRESHOLD
+  assert report.frames_checked == 25
+  assert report.decoded == watermark.PAYLOAD
+  assert report.metadata_tag == watermark.METADATA_VALUE
+  per_frame = [watermark.detect_frame(f) for f in itertools.islice(video.iter_frames(path), 10)]
+  assert min(per_frame) >= watermark.FOUND_THRESHOLD
+  original = watermark.detect_video(shared_data / "129.mp4", max_frames=25)
+  assert not original.found
+  assert original.bit_accuracy < watermark.FOUND_THRESHOLD
+  assert original.metadata_tag is None
+
+
+def test_cli_exit_codes(shared_data, marked, capsys, tmp_path):
+  _, _, path = marked
+  assert watermark.main(["detect", str(path), "--max-frames", "10"]) == 0
+  out = capsys.readouterr().out
+  assert "watermark FOUND" in out and "bit accuracy 1.000" in out
+  assert watermark.main(["detect", str(shared_data / "face_3.mp4"), "--max-frames", "10"]) == 1
+  assert "watermark NOT FOUND" in capsys.readouterr().out
+  assert watermark.main(["detect", str(tmp_path / "missing.mp4")]) == 2
+  assert "missing.mp4: no such file" in capsys.readouterr().err
+
+
+def test_small_frames_rejected():
+  with pytest.raises(ValueError, match="too small"):
+    watermark.embed_frame(np.zeros((64, 64, 3), np.uint8))
+  with pytest.raises(MediaError):
+    watermark.detect_video("/nonexistent/clip.mp4")
