@@ -1,0 +1,149 @@
+"""Preprocessing a small folder: one good clip, one corrupt file, one faceless clip; resume."""
+
+import itertools
+import json
+import pathlib
+
+import cv2
+import numpy as np
+import pytest
+
+from ip_lap_jax import audio, dataset_layout, landmarks, preprocess, video
+
+GOOD_FRAMES = 30  # 1.2 s at 25 fps
+
+
+@pytest.fixture(scope="module")
+def dataset(shared_data, tmp_path_factory):
+  """<in>/spk/good.mp4 (face + audio), <in>/spk/grey.mp4 (audio, no face), <in>/spk/bad.mp4."""
+  root = tmp_path_factory.mktemp("pre")
+  src = root / "in" / "spk"
+  src.mkdir(parents=True)
+  wav = audio.load_audio(shared_data / "speech_1.wav")[:int(1.3 * 16000)]
+  audio.save_wav(root / "speech.wav", wav)
+  frames = list(itertools.islice(video.iter_frames(shared_data / "129.mp4"), GOOD_FRAMES))
+  with video.VideoWriter(src / "good.mp4", fps=25, audio_path=root / "speech.wav") as w:
+    for f in frames:
+      w.write(f)
+  with video.VideoWriter(src / "grey.mp4", fps=25, audio_path=root / "speech.wav") as w:
+    for _ in range(6):
+      w.write(np.full((96, 96, 3), 128, np.uint8))
+  (src / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+  out = root / "out"
+  summary = preprocess.run(root / "in", out, workers=2, progress=False)
+  return root, out, summary, frames
+
+
+def test_summary_reports_good_and_failed(dataset):
+  _, out, summary, _ = dataset
+  assert summary["clips_total"] == 3
+  assert list(summary["done"]) == ["spk/good"]
+  assert set(summary["failed"]) == {"spk/bad", "spk/grey"}
+  assert "bad.mp4" in summary["failed"]["spk/bad"]["reason"]
+  assert "no face" in summary["failed"]["spk/grey"]["reason"]
+  good = summary["done"]["spk/good"]
+  assert good["frames"] == GOOD_FRAMES
+  assert good["written"] + len(good["skipped_no_face"]) == GOOD_FRAMES
+  assert good["written"] >= GOOD_FRAMES - 2
+  on_disk = json.loads((out / preprocess.SUMMARY_NAME).read_text())
+  assert on_disk["done"] == summary["done"] and on_disk["failed"] == summary["failed"]
+  # Failed clips leave nothing behind.
+  for sub in ("faces", "sketches", "landmarks", "audio"):
+    assert not (out / sub / "spk" / "grey").exists()
+    assert not (out / sub / "spk" / "bad").exists()
+
+
+def test_good_clip_in_official_layout(dataset):
+  _, out, summary, frames = dataset
+  roots = dataset_layout.DatasetRoots.under(out)
+  written = dataset_layout.frame_numbers(out / "landmarks" / "spk" / "good")
+  assert len(written) == summary["done"]["spk/good"]["written"]
+  assert set(written).isdisjoint(summary["done"]["spk/good"]["skipped_no_face"])
+  assert dataset_layout.make_filelist(out / "landmarks") == ["spk/good"]
+  for i in written[:3] + written[-1:]:
+    # Read as the release's training code does.
+    d = np.load(out / "landmarks" / "spk" / "good" / f"{i}.npy", allow_pickle=True).item()
+    assert set(d) == {"pose_landmarks", "content_landmarks"}
+    assert len(d["pose_landmarks"]) == 74 and len(d["content_landmarks"]) == 57
+    assert {e[0] for e in d["pose_landmarks"]} == set(landmarks.POSE_INDICES.tolist())
+    idx, x, y = d["content_landmarks"][0]
+    assert isinstance(idx, int) and isinstance(x, float)
+    pose, content = dataset_layout.load_landmarks(out / "landmarks" / "spk" / "good" / f"{i}.npy")
+    assert pose.shape == (74, 2) and content.shape == (57, 2)
+    assert np.all((pose > -0.01) & (pose < 1.01)) and np.all((content > -0.01) & (content < 1.01))
+    face = cv2.imread(str(roots.face_path("spk/good", i)))
+    sk = cv2.imread(str(roots.sketch_path("spk/good", i)))
+    assert face.shape == (128, 128, 3) and sk.shape == (128, 128, 3)
+    assert sk.max() == 224 and (sk == 0).mean() > 0.5
+    assert face.std() > 10  # a real crop, not a blank image
+    # The stored crop is the crop of the frame around the landmarks' box (H.264 aside).
+    with landmarks.FaceMeshDetector() as det:
+      res = landmarks.analyze(det.detect(frames[i]), frames[i].shape[:2])
+    expect = landmarks.crop_face(frames[i], res.box).astype(np.float32)
+    assert np.abs(face.astype(np.float32) - expect).mean() < 12
+  mel = np.load(roots.mel_path("spk/good"))
+  assert mel.ndim == 2 and mel.shape[1] == 80 and mel.dtype == np.float32
+  wav = audio.load_audio(roots.wav_path("spk/good"))
+  # AAC in the mp4 adds up to ~0.1 s of encoder padding to the 1.3 s written.
+  assert 1.3 * 16000 <= wav.size <= 1.4 * 16000
+  assert mel.shape[0] == 1 + wav.size // 200
+  np.testing.assert_allclose(mel.T, audio.melspectrogram(wav), atol=1e-5)
+
+
+def test_resume_skips_completed_clip(dataset):
+  root, out, _, _ = dataset
+  face0 = out / "faces" / "spk" / "good"
+  mtimes = {p.name: p.stat().st_mtime_ns for p in face0.iterdir()}
+  again = preprocess.run(root / "in", out, workers=1, progress=False)
+  assert list(again["done"]) == ["spk/good"]
+  assert again["this_run"]["clips"] == 2  # only the two failed clips were retried
+  assert {p.name: p.stat().st_mtime_ns for p in face0.iterdir()} == mtimes
+
+
+def test_interrupted_clip_is_redone(dataset, tmp_path):
+  root, _, _, _ = dataset
+  out = tmp_path / "out"
+  roots = dataset_layout.DatasetRoots.under(out)
+  # A leftover of an interrupted run: files but no done marker.
+  stale = roots.face_path("spk/good", 9999)
+  stale.parent.mkdir(parents=True)
+  stale.write_bytes(b"partial")
+  only_good = tmp_path / "in" / "spk"
+  only_good.mkdir(parents=True)
+  (only_good / "good.mp4").symlink_to(root / "in" / "spk" / "good.mp4")
+  summary = preprocess.run(tmp_path / "in", out, workers=1, progress=False)
+  assert list(summary["done"]) == ["spk/good"] and not summary["failed"]
+  assert not stale.exists()
+  assert (out / preprocess.DONE_DIR / "spk" / "good.json").is_file()
+
+
+def test_find_clips_flat_and_nested(tmp_path):
+  (tmp_path / "vids" / "s1").mkdir(parents=True)
+  for p in ["vids/a.mp4", "vids/s1/b.MOV", "vids/s1/notes.txt", "vids/.hidden.mp4"]:
+    (tmp_path / p).write_bytes(b"")
+  jobs = preprocess.find_clips(tmp_path / "vids")
+  assert [j.name for j in jobs] == ["s1/b", "vids/a"]
+  with pytest.raises(FileNotFoundError):
+    preprocess.find_clips(tmp_path / "missing")
+
+
+def test_filelists_roundtrip(tmp_path):
+  path = tmp_path / "train.txt"
+  dataset_layout.write_filelist(path, ["a/1", "b/2"])
+  path.write_text(path.read_text() + "\nc/3 extra\n")
+  assert dataset_layout.read_filelist(path) == ["a/1", "b/2", "c/3"]
+
+
+def test_landmark_file_roundtrip_and_validation(tmp_path):
+  rng = np.random.default_rng(0)
+  pose, content = rng.uniform(size=(74, 2)), rng.uniform(size=(57, 2))
+  dataset_layout.save_landmarks(tmp_path / "0", pose, content)
+  d = np.load(tmp_path / "0.npy", allow_pickle=True).item()
+  assert [e[0] for e in d["pose_landmarks"]] == sorted(landmarks.POSE_INDICES.tolist())
+  p2, c2 = dataset_layout.load_landmarks(tmp_path / "0.npy")
+  np.testing.assert_allclose(p2, pose, atol=1e-7)
+  np.testing.assert_allclose(c2, content, atol=1e-7)
+  d["content_landmarks"] = d["content_landmarks"][:-1]
+  np.save(tmp_path / "1", d, allow_pickle=True)
+  with pytest.raises(ValueError):
+    dataset_layout.load_landmarks(tmp_path / "1.npy")
