@@ -1,0 +1,94 @@
+"""Lip-sync a template video or photo to speech: `python infer.py --help`.
+
+Example (checkpoints converted with `python -m ip_lap_jax.convert`):
+  python infer.py --template face.mp4 --audio speech.wav --checkpoint ckpt/ --output out.mp4
+
+The library call behind it is `ip_lap_jax.inference.LipSyncer(ckpt, options).run(...)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ip_lap_jax import inference
+from ip_lap_jax.errors import MediaError
+
+_EPILOG = """\
+checkpoint directory layout (the converter's output):
+  CKPT/landmark_generator/variables   python -m ip_lap_jax.convert --src landmarkgenerator_checkpoint.pth --out CKPT/landmark_generator
+  CKPT/renderer/variables             python -m ip_lap_jax.convert --src renderer_checkpoint.pth --out CKPT/renderer
+(a training run's exported checkpoints work the same way)
+
+watermark: every output carries an invisible watermark in its frames and a tag in the
+container metadata; check it with `python -m ip_lap_jax.watermark detect OUT.mp4`.
+--no-watermark turns both off.
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  defaults = inference.InferenceOptions()
+  p = argparse.ArgumentParser(
+      prog="infer.py", description="Template video/photo + speech -> lip-synced mp4 (25 fps).",
+      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--template", required=True, help="template video or a single photo")
+  p.add_argument("--audio", required=True, help="speech: any audio file or a video's audio track")
+  p.add_argument("--checkpoint", required=True, help="checkpoint directory (layout below)")
+  p.add_argument("--output", required=True, help="output .mp4")
+  p.add_argument("--num-refs", type=int, default=defaults.num_refs,
+                 help="reference images N (default %(default)s)")
+  p.add_argument("--num-landmark-refs", type=int, default=defaults.num_landmark_refs,
+                 help="reference landmark sets Nl (default %(default)s)")
+  p.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                 help="frames per device call, rounded up to a multiple of the devices "
+                      "(default %(default)s)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default=defaults.dtype,
+                 help="compute dtype (default %(default)s)")
+  p.add_argument("--face-pad", type=int, default=defaults.face_pad,
+                 help="face box padding in pixels (default %(default)s)")
+  p.add_argument("--debug-sketch", action="store_true",
+                 help="put the drawn sketch beside each frame (the release's look)")
+  p.add_argument("--audio-track", choices=("speech", "template"), default=defaults.audio_track,
+                 help="audio of the output: the speech (default) or the template's own track")
+  p.add_argument("--no-watermark", action="store_true",
+                 help="do not embed the invisible watermark nor the metadata tag")
+  p.add_argument("--cache-dir", default=None,
+                 help="face detection cache (default $XDG_CACHE_HOME/ip_lap_jax)")
+  p.add_argument("--small-faces", action="store_true",
+                 help="retry undetected frames with the full-range face detector")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--render-size", type=int, default=defaults.render_size,
+                 help=argparse.SUPPRESS)  # tests only: see InferenceOptions.render_size
+  return p.parse_args(argv)
+
+
+def options_from_args(args: argparse.Namespace) -> inference.InferenceOptions:
+  return inference.InferenceOptions(
+      num_refs=args.num_refs, num_landmark_refs=args.num_landmark_refs,
+      batch_size=args.batch_size, dtype=args.dtype, face_pad=args.face_pad,
+      debug_sketch=args.debug_sketch, audio_track=args.audio_track,
+      watermark=not args.no_watermark, cache_dir=args.cache_dir,
+      progress=not args.no_progress, small_faces=args.small_faces,
+      render_size=args.render_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse_args(argv)
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+  try:
+    options = options_from_args(args)
+    inference.LipSyncer.check_inputs(args.template, args.audio)  # media errors first
+    syncer = inference.LipSyncer(args.checkpoint, options)
+    result = syncer.run(args.template, args.audio, args.output)
+  except (MediaError, inference.CheckpointError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {result.output}: {result.num_frames} frames at 25 fps "
+        f"({result.frames_per_second:.2f} frames/s; {result.passthrough_frames} without a face "
+        "passed through)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
