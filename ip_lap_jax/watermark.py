@@ -13,7 +13,7 @@ and inverse DWT in uint8 (values truncated and wrapped) and swaps the horizontal
 vertical detail bands on reconstruction; measured on 129.mp4 its 'dwtDct' mode decodes
 only ~35% of the bits even before compression and 'dwtDctSvd' ~87% per frame after
 H.264 crf 18. Here the same per-block rule runs in float with rounding and clipping at
-the end, vectorised over blocks (the per-block rule is tested equal to the package's
+the end, vectorised over blocks (tested equal to the package's
 `diffuse_dct_svd`/`infer_dct_svd`). Embedding in U and V only (luma untouched) costs
 ~40 dB PSNR and survives H.264 crf 18 at 256x256 with every bit of every frame.
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import os
 import sys
 from typing import Sequence
@@ -49,16 +48,6 @@ METADATA_KEY = "comment"
 METADATA_VALUE = "ip_lap_jax watermark v1 (payload IPLJ, dwtDctSvd on U,V, step 36)"
 METADATA = {METADATA_KEY: METADATA_VALUE}
 _MIN_BLOCKS = 4 * PAYLOAD_BITS.size  # at least 4 votes per bit and channel
-
-
-@functools.lru_cache(maxsize=1)
-def _dct_matrix() -> np.ndarray:
-  """Orthonormal DCT-II matrix `[4, 4]`: cv2.dct(block) == C @ block @ C.T."""
-  n = np.arange(BLOCK)
-  c = np.cos(np.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * BLOCK))
-  c *= np.sqrt(2.0 / BLOCK)
-  c[0] /= np.sqrt(2.0)
-  return c
 
 
 def _to_yuv(frame_bgr: np.ndarray) -> np.ndarray:
@@ -103,18 +92,34 @@ def block_key(n: int) -> np.ndarray:
   return (z >> np.uint64(63)).astype(np.int64)
 
 
+def _top_singular(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Largest singular value `[N]` and its right singular vector `[N, 4]` of each block.
+
+  From the eigen-decomposition of B^T B (about 1.6x faster than a batched SVD).
+  """
+  eigvals, eigvecs = np.linalg.eigh(np.swapaxes(blocks, -1, -2) @ blocks)  # ascending
+  return np.sqrt(np.maximum(eigvals[:, -1], 0.0)), eigvecs[:, :, -1]
+
+
 def embed_blocks(blocks: np.ndarray, bits: np.ndarray, scale: float = SCALE) -> np.ndarray:
-  """QIM on the largest singular value of each block's DCT. blocks `[N, 4, 4]`, bits `[N]`."""
-  c = _dct_matrix()
-  u, s, vt = np.linalg.svd(c @ blocks @ c.T)
-  s[:, 0] = (np.floor(s[:, 0] / scale) + 0.25 + 0.5 * bits) * scale
-  return c.T @ ((u * s[:, None, :]) @ vt) @ c
+  """QIM on the largest singular value of each block `[N, 4, 4]`, one bit `[N]` each.
+
+  The package quantises s0 of the block's DCT; the 4x4 DCT is orthonormal, so it has the
+  same singular values and maps the rank-1 update back exactly: it is skipped here
+  (tests check equality with the package's `diffuse_dct_svd`).
+  """
+  s0, v0 = _top_singular(blocks)
+  degenerate = s0 < 1e-9  # an all-zero block: any direction will do
+  u0 = (blocks @ v0[..., None])[..., 0] / np.where(degenerate, 1.0, s0)[:, None]
+  u0[degenerate] = np.eye(BLOCK)[0]
+  target = (np.floor(s0 / scale) + 0.25 + 0.5 * bits) * scale
+  return blocks + (target - s0)[:, None, None] * (u0[:, :, None] * v0[:, None, :])
 
 
 def block_votes(blocks: np.ndarray, scale: float = SCALE) -> np.ndarray:
   """Per-block bit decisions (0/1 float) `[N]` for blocks `[N, 4, 4]`."""
-  c = _dct_matrix()
-  s0 = np.linalg.svd(c @ blocks @ c.T, compute_uv=False)[:, 0]
+  eigvals = np.linalg.eigvalsh(np.swapaxes(blocks, -1, -2) @ blocks)
+  s0 = np.sqrt(np.maximum(eigvals[:, -1], 0.0))
   return (np.mod(s0, scale) > 0.5 * scale).astype(np.float64)
 
 
