@@ -178,6 +178,8 @@ def _resampled_frames(path: str, fps: fractions.Fraction) -> Iterator[np.ndarray
           prev_array = prev_frame.to_ndarray(format="bgr24")
         yield prev_array.copy()
         emitted += 1
+  except MediaError:
+    raise
   except _av_error_types() as e:
     raise MediaError(path, f"cannot decode: {e}") from e
 
