@@ -160,12 +160,10 @@ def _resampled_frames(path: str, fps: fractions.Fraction) -> Iterator[np.ndarray
           if t <= prev_time:
             continue  # out-of-order or duplicate timestamp: keep the earlier frame
           midpoint = (prev_time + t) / 2
-          while emitted * step < midpoint:
-            if prev_array is None:
+          while emitted * step < midpoint:  # prev is the nearer frame to this output time
+            if prev_array is None:  # convert only frames that are emitted
               prev_array = prev_frame.to_ndarray(format="bgr24")
-              yield prev_array.copy()
-            else:
-              yield prev_array.copy()
+            yield prev_array.copy()
             emitted += 1
         prev_frame, prev_time, prev_array = frame, t, None
       if prev_frame is None:
@@ -221,8 +219,10 @@ class VideoWriter:
   tags (arbitrary keys are kept: movflags use_metadata_tags).
   """
 
-  def __init__(self, path: str | os.PathLike[str], fps: float = 25, audio_path: str | os.PathLike[str] | None = None,
-               metadata: Mapping[str, str] | None = None, crf: int = 18, preset: str = "medium"):
+  def __init__(self, path: str | os.PathLike[str], fps: float = 25,
+               audio_path: str | os.PathLike[str] | None = None,
+               metadata: Mapping[str, str] | None = None, crf: int = 18,
+               preset: str = "medium"):
     self.path = os.fspath(path)
     self.fps = fractions.Fraction(fps).limit_denominator(100_000)
     self.crf = int(crf)
@@ -238,7 +238,8 @@ class VideoWriter:
     directory = os.path.dirname(os.path.abspath(self.path))
     if not os.path.isdir(directory):
       raise MediaError(self.path, "output directory does not exist")
-    self._tmp_path = os.path.join(directory, f".{os.path.basename(self.path)}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp_name = f".{os.path.basename(self.path)}.{uuid.uuid4().hex[:8]}.tmp"
+    self._tmp_path = os.path.join(directory, tmp_name)
     self._container = None
     self._video_stream = None
     self._audio_stream = None

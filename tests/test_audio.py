@@ -78,7 +78,8 @@ def test_load_audio_track_of_mp4(shared_data):
 
 def test_save_wav_round_trip(tmp_path):
   rng = np.random.default_rng(0)
-  wav = (0.5 * rng.standard_normal(8000)).clip(-1, 0.999).astype(np.float32)  # +1.0 saturates at 32767
+  # Clipped below +1.0, which saturates at 32767.
+  wav = (0.5 * rng.standard_normal(8000)).clip(-1, 0.999).astype(np.float32)
   path = tmp_path / "tone é.wav"
   audio.save_wav(path, wav)
   back = audio.load_audio(path)
