@@ -1,0 +1,322 @@
+"""Inference pipeline (issue #4): template + speech -> lip-synced, watermarked mp4.
+
+The checkpoint is random: the PyTorch mirror's weights saved in the release's format and
+converted by `ip_lap_jax.convert`, so every test goes through the real loading path. To
+keep the CPU time low, runs use N=3 references and `render_size=16` (the networks are
+convolutional; see InferenceOptions.render_size): the pipeline around the models is the
+same as at 128.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import cv2
+import jax
+import numpy as np
+import pytest
+
+from ip_lap_jax import audio as audio_lib
+from ip_lap_jax import inference
+from ip_lap_jax import landmarks
+from ip_lap_jax import paste
+from ip_lap_jax import video
+from ip_lap_jax import watermark
+from ip_lap_jax.errors import MediaError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FAST = dict(num_refs=3, num_landmark_refs=15, batch_size=8, render_size=16, progress=False)
+
+
+# ------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> pathlib.Path:
+  """<dir>/landmark_generator and <dir>/renderer converted from random mirror weights."""
+  import torch
+
+  from ip_lap_jax import convert
+  from ip_lap_jax.torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint
+  from ip_lap_jax.torch_mirror.landmark_generator import Landmark_generator
+  from ip_lap_jax.torch_mirror.renderer import RendererTorch
+
+  root = tmp_path_factory.mktemp("ckpt")
+  torch.manual_seed(0)
+  for name, module in (("landmark_generator", Landmark_generator()),
+                       ("renderer", RendererTorch())):
+    randomize_batchnorm_stats(module, seed=1)
+    save_official_checkpoint(module, root / f"{name}.pth", data_parallel_prefix=True)
+    convert.convert_checkpoint(root / f"{name}.pth", root / "ckpt" / name)
+  return root / "ckpt"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> pathlib.Path:
+  return tmp_path_factory.mktemp("inference")
+
+
+@pytest.fixture(scope="module")
+def syncer(checkpoint, work) -> inference.LipSyncer:
+  return inference.LipSyncer(checkpoint, inference.InferenceOptions(cache_dir=str(work / "cache"),
+                                                                    **FAST))
+
+
+@pytest.fixture(scope="module")
+def speech(shared_data, work):
+  """Writes the first `seconds` of audio2.wav as a 16 kHz wav; returns its path."""
+  wav = audio_lib.load_audio(shared_data / "audio2.wav")
+
+  def make(seconds: float) -> pathlib.Path:
+    path = work / f"speech_{seconds:.2f}.wav"
+    if not path.exists():
+      audio_lib.save_wav(path, wav[:int(round(seconds * audio_lib.SAMPLE_RATE))])
+    return path
+  return make
+
+
+def _check_output(path: pathlib.Path, num_frames: int, size_hw: tuple[int, int]) -> list[np.ndarray]:
+  info = video.probe(path)
+  assert info.fps == pytest.approx(25.0)
+  assert info.num_frames == num_frames
+  assert (info.height, info.width) == size_hw
+  assert info.has_audio
+  frames = video.read_frames(path)
+  assert len(frames) == num_frames
+  return frames
+
+
+# ------------------------------------------------------------------- pure functions
+
+
+def test_pingpong_plays_forward_then_backward():
+  positions = np.arange(12)
+  np.testing.assert_array_equal(inference.pingpong(positions, 4),
+                                [0, 1, 2, 3, 3, 2, 1, 0, 0, 1, 2, 3])
+  np.testing.assert_array_equal(inference.pingpong(positions, 1), np.zeros(12))
+
+
+def test_select_references_spans_closed_to_open():
+  openness = np.array([0.5, np.nan, 0.1, 0.9, 0.3, np.nan, 0.7])
+  refs = inference.select_references(openness, 3)
+  # Sorted valid frames: 2 (0.1), 4, 0, 6, 3 (0.9); ranks linspace(0, 4, 3) = 0, 2, 4.
+  np.testing.assert_array_equal(refs, [2, 0, 3])
+  assert inference.select_references(openness, 25).shape == (25,)
+  assert not np.isnan(openness[inference.select_references(openness, 25)]).any()
+
+
+def test_nearest_valid_and_mel_windows():
+  valid = np.array([False, True, False, False, False, True, False])
+  np.testing.assert_array_equal(inference.nearest_valid(valid), [1, 1, 1, 1, 5, 5, 5])
+  # Frame j of window k uses chunk max(0, j - 2), capped at the last chunk.
+  np.testing.assert_array_equal(inference.window_mel_indices(0, 10), [0, 0, 0, 1, 2])
+  np.testing.assert_array_equal(inference.window_mel_indices(7, 10), [5, 6, 7, 8, 9])
+  np.testing.assert_array_equal(inference.window_mel_indices(8, 10), [6, 7, 8, 9, 9])
+  assert inference.window_outputs(0) == [0, 1, 2]
+  assert inference.window_outputs(4) == [6]
+  assert inference.output_frame_count(2 * 16000) == 50
+  assert inference.output_frame_count(16000 + 100) == 25
+
+
+def test_paste_blends_inside_the_face_only(shared_data):
+  frame = next(iter(video.iter_frames(shared_data / "129.mp4")))
+  with landmarks.FaceMeshDetector() as detector:
+    points = detector.detect(frame)
+  box = landmarks.face_box(points, 25, frame.shape[:2])
+  y1, y2, x1, x2 = box.pixel
+  polygon = paste.mask_polygon(points, frame.shape[:2])
+  mask = paste.feathered_mask(polygon, box.pixel)
+  assert mask.shape == (y2 - y1, x2 - x1)
+  centre = points[landmarks.ALL_INDICES].mean(axis=0) * [frame.shape[1], frame.shape[0]]
+  assert mask[int(centre[1]) - y1, int(centre[0]) - x1] == pytest.approx(1.0, abs=1e-3)
+  assert mask[0].max() < 0.05 and mask[:, 0].max() < 0.05  # feathered to ~0 at the box edge
+  assert 0.05 < mask.mean() < 0.95
+  white = np.full((16, 16, 3), 255, np.uint8)
+  out = paste.paste_face(frame, white, box.pixel, polygon)
+  outside = np.ones(frame.shape[:2], bool)
+  outside[y1:y2, x1:x2] = False
+  np.testing.assert_array_equal(out[outside], frame[outside])
+  assert out[int(centre[1]), int(centre[0])].min() >= 254
+
+
+def test_frame_reader_bounded_memory_any_order(shared_data, work):
+  path = work / "short.mp4"
+  frames = [f for _, f in zip(range(20), video.iter_frames(shared_data / "129.mp4"))]
+  with video.VideoWriter(path) as writer:
+    for f in frames:
+      writer.write(f)
+  decoded = video.read_frames(path)
+  frame_bytes = decoded[0].nbytes
+  reader = inference._FrameReader(str(path), len(decoded), frame_bytes, budget_bytes=6 * frame_bytes)
+  for p in range(45):
+    t = int(inference.pingpong(p, len(decoded)))
+    np.testing.assert_array_equal(reader.get(t), decoded[t])
+    assert len(reader._cache) <= 6
+  reader.close()
+
+
+# ---------------------------------------------------------------------- end to end
+
+
+def test_129_two_seconds_30fps_input(syncer, shared_data, speech, work):
+  out = work / "out 129 é.mp4"  # a space and a non-ASCII character
+  result = syncer.run(shared_data / "129.mp4", speech(2.0), out)
+  assert result.num_frames == 50 and result.passthrough_frames == 0
+  assert result.template_frames == 225  # 9 s at 25 fps
+  frames = _check_output(out, 50, (256, 256))
+  # Duration equals the audio's within one frame.
+  assert abs(len(frames) / 25 - 2.0) <= 1 / 25
+  # The release writes the first rendered frame three times.
+  repeat = [np.abs(frames[i].astype(int) - frames[2]).mean() for i in (0, 1)]
+  step = np.abs(frames[3].astype(int) - frames[2]).mean()
+  print("first frame repeats differ by", repeat, "next frame by", step)
+  assert max(repeat) < 0.5 and max(repeat) < step / 2  # only H.264 noise
+  # The face was replaced (random weights: it differs from the template's).
+  template = video.read_frames(shared_data / "129.mp4")
+  assert np.abs(frames[10].astype(int) - template[10]).mean() > 1.0
+  report = watermark.detect_video(out)
+  assert report.found and report.metadata_tag == watermark.METADATA_VALUE
+  original = watermark.detect_video(shared_data / "129.mp4")
+  assert not original.found and original.metadata_tag is None
+  # A second audio on the same template skips detection (disk cache).
+  again = syncer.run(shared_data / "129.mp4", speech(0.6), work / "again.mp4")
+  assert again.detection_cached
+  _check_output(work / "again.mp4", 15, (256, 256))
+
+
+def test_face1_22fps_input(syncer, shared_data, speech, work):
+  out = work / "face1.mp4"
+  result = syncer.run(shared_data / "face_1.mp4", speech(2.0), out)
+  assert result.num_frames == 50
+  assert result.template_frames == pytest.approx(135 / 22.131 * 25, abs=1)
+  _check_output(out, 50, (700, 700))
+
+
+def test_static_photo(syncer, shared_data, speech, work):
+  photo = work / "photo.png"
+  cv2.imwrite(str(photo), next(iter(video.iter_frames(shared_data / "129.mp4"))))
+  out = work / "photo.mp4"
+  result = syncer.run(photo, speech(0.6), out)
+  assert result.template_frames == 1 and result.num_frames == 15
+  frames = _check_output(out, 15, (256, 256))
+  # The mouth follows the audio: the frames are not all the same.
+  assert max(np.abs(f.astype(int) - frames[0]).max() for f in frames) > 10
+
+
+def test_pingpong_and_faceless_frames_pass_through(syncer, shared_data, speech, work, caplog):
+  template = work / "with_black.mp4"
+  src = [f for _, f in zip(range(20), video.iter_frames(shared_data / "129.mp4"))]
+  black = set(range(10, 14))
+  with video.VideoWriter(template) as writer:
+    for i, f in enumerate(src):
+      writer.write(np.zeros_like(f) if i in black else f)
+  out = work / "pingpong.mp4"
+  with caplog.at_level("WARNING"):
+    result = syncer.run(template, speech(1.6), out)  # 40 frames > 20: plays back and forth
+  frames = _check_output(out, 40, (256, 256))
+  expected_black = [p for p in range(2, 40) if int(inference.pingpong(p, 20)) in black]
+  assert expected_black == [10, 11, 12, 13, 26, 27, 28, 29]
+  for p, f in enumerate(frames):
+    if p in expected_black:
+      assert f.max() <= 4, p  # written unchanged (up to H.264 noise on black)
+    else:
+      assert f.mean() > 30, p
+  assert result.passthrough_frames == 8 and result.faceless_template_frames == 4
+  assert any("no face" in r.getMessage() for r in caplog.records)
+
+
+def test_api_and_cli_give_identical_frames(checkpoint, shared_data, speech, work):
+  import infer  # the CLI module at the repository root
+
+  audio = speech(0.6)
+  api_out, cli_out = work / "api.mp4", work / "cli.mp4"
+  options = inference.InferenceOptions(watermark=False, cache_dir=str(work / "cache"), **FAST)
+  inference.LipSyncer(checkpoint, options).run(shared_data / "129.mp4", audio, api_out)
+  code = infer.main(["--template", str(shared_data / "129.mp4"), "--audio", str(audio),
+                     "--checkpoint", str(checkpoint), "--output", str(cli_out),
+                     "--num-refs", "3", "--render-size", "16", "--no-progress",
+                     "--no-watermark", "--cache-dir", str(work / "cache")])
+  assert code == 0
+  api_frames, cli_frames = video.read_frames(api_out), video.read_frames(cli_out)
+  assert len(api_frames) == len(cli_frames) == 15
+  for a, c in zip(api_frames, cli_frames):
+    np.testing.assert_array_equal(a, c)
+  assert watermark.METADATA_KEY not in video.read_metadata(cli_out) or \
+      video.read_metadata(cli_out)[watermark.METADATA_KEY] != watermark.METADATA_VALUE
+  assert not watermark.detect_video(cli_out).found
+
+
+# ---------------------------------------------------------------------- bad inputs
+
+
+@pytest.fixture
+def no_detection(monkeypatch):
+  """Fails the test if face detection (the first heavy step) starts."""
+  def fail(*args, **kwargs):
+    raise AssertionError("detection started before the input was rejected")
+  monkeypatch.setattr(inference, "detect_template", fail)
+
+
+def test_short_audio_fails_first(syncer, shared_data, work, no_detection):
+  short = work / "short.wav"
+  audio_lib.save_wav(short, np.zeros(int(0.15 * 16000), np.float32))
+  with pytest.raises(MediaError, match=r"short\.wav: audio is 0\.150 s long"):
+    syncer.run(shared_data / "129.mp4", short, work / "x.mp4")
+  assert not (work / "x.mp4").exists()
+
+
+def test_unreadable_and_missing_files(syncer, shared_data, speech, work, no_detection):
+  broken = work / "broken.mp4"
+  broken.write_bytes(b"not a video at all" * 100)
+  with pytest.raises(MediaError, match="broken.mp4"):
+    syncer.run(broken, speech(0.6), work / "x.mp4")
+  with pytest.raises(MediaError, match="missing.wav: no such file"):
+    syncer.run(shared_data / "129.mp4", work / "missing.wav", work / "x.mp4")
+
+
+def test_template_without_face(syncer, speech, work):
+  grey = work / "grey.mp4"
+  with video.VideoWriter(grey) as writer:
+    for _ in range(5):
+      writer.write(np.full((128, 128, 3), 128, np.uint8))
+  start = time.perf_counter()
+  with pytest.raises(MediaError, match=r"grey\.mp4: no face found in any of its 5 frames"):
+    syncer.run(grey, speech(0.6), work / "x.mp4")
+  assert time.perf_counter() - start < 30
+  assert not (work / "x.mp4").exists()
+
+
+def test_checkpoint_that_does_not_match(checkpoint, work):
+  wrong = work / "wrong_ckpt"
+  shutil.copytree(checkpoint / "landmark_generator", wrong / "landmark_generator")
+  shutil.copytree(checkpoint / "landmark_generator", wrong / "renderer")
+  with pytest.raises(inference.CheckpointError,
+                     match=r"wrong_ckpt/renderer: checkpoint does not match the renderer model"):
+    inference.LipSyncer(wrong)
+  with pytest.raises(inference.CheckpointError, match=r"nowhere: checkpoint directory does not"):
+    inference.LipSyncer(work / "nowhere")
+  shutil.rmtree(wrong / "renderer")
+  with pytest.raises(inference.CheckpointError, match=r"wrong_ckpt/renderer: no converted renderer"):
+    inference.LipSyncer(wrong)
+
+
+def test_cli_reports_bad_audio(checkpoint, shared_data, work):
+  short = work / "tiny.wav"
+  audio_lib.save_wav(short, np.zeros(800, np.float32))
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "infer.py"), "--template", str(shared_data / "129.mp4"),
+       "--audio", str(short), "--checkpoint", str(checkpoint), "--output", str(work / "y.mp4")],
+      capture_output=True, text=True, timeout=120, cwd=REPO)
+  assert proc.returncode == 2
+  assert "tiny.wav: audio is 0.050 s long" in proc.stderr
+
+
+def test_batch_is_sharded_over_every_device(syncer):
+  assert syncer.batch_size % len(jax.devices()) == 0
+  leaf = jax.tree_util.tree_leaves(syncer.variables)[0]
+  assert len(leaf.sharding.device_set) == len(jax.devices())
