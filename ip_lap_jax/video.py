@@ -2,10 +2,15 @@
 
 Frames are BGR uint8 `[H, W, 3]` (OpenCV order, as the release). The release converts
 other rates to 25 fps with `ffmpeg -r 25` before reading; `iter_frames` does the same
-conversion on the fly by presentation timestamp: output frame k (time k / fps after the
-first source frame) is the source frame whose timestamp is nearest to it (a tie goes to
-the later frame), and output continues while k / fps is before the end of the last
-source frame (its timestamp plus one source frame duration). A 30 fps, 9 s clip gives
+conversion on the fly with the rule of ffmpeg's `fps` filter (round=near): each source
+frame's presentation time t is rounded to the nearest output tick, slot = round(t * fps)
+(halves away from zero); output starts at the first frame's slot, and output tick k
+shows the latest source frame whose slot is <= k (frames sharing a slot: the last one
+wins; gaps: the previous frame repeats). Output continues up to the tick
+round((t_last + one source frame duration) * fps), so the last frame lasts its
+duration. The frames equal those of PyAV's `fps=25` filter (tested), except that the
+filter stops at the last frame's own timestamp, one frame earlier at most. A 30 fps,
+9 s clip gives
 225 frames; a 25 fps clip passes through unchanged. Only the previous decoded frame is
 held, so memory does not grow with the clip's length. Rotation metadata (phone videos)
 is not applied.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import fractions
+import math
 import os
 import uuid
 from typing import Iterator, Mapping
@@ -137,30 +143,35 @@ def iter_frames(path: str | os.PathLike[str], fps: float = 25.0) -> Iterator[np.
   return _resampled_frames(path, fractions.Fraction(fps).limit_denominator(100_000))
 
 
+def _slot(t: fractions.Fraction, fps: fractions.Fraction) -> int:
+  """Output tick nearest to time t; halves away from zero (ffmpeg's AV_ROUND_NEAR_INF)."""
+  x = t * fps
+  half = fractions.Fraction(1, 2)
+  return math.floor(x + half) if x >= 0 else -math.floor(-x + half)
+
+
 def _resampled_frames(path: str, fps: fractions.Fraction) -> Iterator[np.ndarray]:
   container, stream = _open_video(path)
   stream.thread_type = "AUTO"
   source_fps = _stream_fps(stream)
-  step = 1 / fps
-  emitted = 0
+  emitted = 0  # output frames so far; output k is at tick first_slot + k
   prev_frame, prev_time, prev_array = None, None, None
-  first_pts = None
+  first_slot = None
   index = 0
   try:
     with container:
       for frame in container.decode(stream):
         if frame.pts is not None and frame.time_base is not None:
-          if first_pts is None:
-            first_pts = frame.pts
-          t = fractions.Fraction(frame.pts - first_pts) * frame.time_base
+          t = fractions.Fraction(frame.pts) * frame.time_base
         else:  # no timestamps: assume a constant rate
           t = fractions.Fraction(index) / (source_fps or fps)
         index += 1
+        if first_slot is None:
+          first_slot = _slot(t, fps)
         if prev_frame is not None:
           if t <= prev_time:
             continue  # out-of-order or duplicate timestamp: keep the earlier frame
-          midpoint = (prev_time + t) / 2
-          while emitted * step < midpoint:  # prev is the nearer frame to this output time
+          while first_slot + emitted < _slot(t, fps):  # ticks before this frame's: previous
             if prev_array is None:  # convert only frames that are emitted
               prev_array = prev_frame.to_ndarray(format="bgr24")
             yield prev_array.copy()
@@ -168,10 +179,10 @@ def _resampled_frames(path: str, fps: fractions.Fraction) -> Iterator[np.ndarray
         prev_frame, prev_time, prev_array = frame, t, None
       if prev_frame is None:
         raise MediaError(path, "zero frames")
-      frame_duration = 1 / source_fps if source_fps else step
-      end_time = prev_time + frame_duration
+      frame_duration = 1 / source_fps if source_fps else 1 / fps
+      end_slot = _slot(prev_time + frame_duration, fps)
       # The last frame covers the rest of the clip; at least one frame is always given.
-      while emitted * step < end_time or emitted == 0:
+      while first_slot + emitted < end_slot or emitted == 0:
         if prev_array is None:
           prev_array = prev_frame.to_ndarray(format="bgr24")
         yield prev_array.copy()
