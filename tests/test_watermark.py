@@ -84,6 +84,20 @@ def test_cli_exit_codes(shared_data, marked, capsys, tmp_path):
   assert "missing.mp4: no such file" in capsys.readouterr().err
 
 
+def test_cli_embed_then_detect(shared_data, tmp_path, capsys):
+  clip = tmp_path / "short clip.mp4"
+  with video.VideoWriter(clip, audio_path=shared_data / "speech_1.wav") as writer:
+    for frame in itertools.islice(video.iter_frames(shared_data / "129.mp4"), 20):
+      writer.write(frame)
+  assert watermark.main(["detect", str(clip)]) == 1
+  out = tmp_path / "marqué.mp4"
+  assert watermark.main(["embed", str(clip), str(out)]) == 0
+  assert "20 watermarked frames written" in capsys.readouterr().out
+  assert video.probe(out).has_audio
+  assert watermark.main(["detect", str(out)]) == 0
+  assert "watermark FOUND" in capsys.readouterr().out
+
+
 def test_small_frames_rejected():
   with pytest.raises(ValueError, match="too small"):
     watermark.embed_frame(np.zeros((64, 64, 3), np.uint8))
