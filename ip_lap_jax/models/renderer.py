@@ -196,7 +196,9 @@ class DenseFlowNetwork(nn.Module):
 
     sources = (h1, h2, ref_images)
     if self.use_warping:
-      flow = _conv(2, 7, padding=3, dtype=dt, name="conv_4")(feat)
+      # The flow is in pixels (tens of them): bfloat16's 8-bit mantissa would quantise it
+      # to ~0.1 px, so this small conv (2 outputs) and the warp run in float32.
+      flow = _conv(2, 7, padding=3, dtype=jnp.float32, name="conv_4")(feat.astype(jnp.float32))
       deformation = flow_to_deformation(flow)
       sources = tuple(_unfold(warp(_fold(s), deformation), b) for s in sources)
     sources = tuple(s.astype(jnp.float32) for s in sources)
@@ -268,6 +270,7 @@ class TranslationNetwork(nn.Module):
 
 def mask_lower_half(face: Array) -> Array:
   """face: [B, H, W, 3] -> the same with rows H//2.. zeroed, as the release masks the target."""
+  face = jnp.asarray(face)
   return face.at[:, face.shape[1] // 2:].set(0)
 
 
