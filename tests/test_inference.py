@@ -189,12 +189,16 @@ def test_129_two_seconds_30fps_input(syncer, shared_data, speech, work):
   _check_output(work / "again.mp4", 15, (256, 256))
 
 
-def test_face1_22fps_input(syncer, shared_data, speech, work):
+def test_face1_22fps_input_keeping_its_audio(checkpoint, shared_data, speech, work):
   out = work / "face1.mp4"
-  result = syncer.run(shared_data / "face_1.mp4", speech(2.0), out)
+  options = inference.InferenceOptions(audio_track="template", cache_dir=str(work / "cache"),
+                                       **FAST)
+  result = inference.LipSyncer(checkpoint, options).run(shared_data / "face_1.mp4", speech(2.0), out)
   assert result.num_frames == 50
   assert result.template_frames == pytest.approx(135 / 22.131 * 25, abs=1)
   _check_output(out, 50, (700, 700))
+  # The template's own track (6.1 s) was kept instead of the 2 s speech.
+  assert audio_lib.load_audio(out).size / 16000 == pytest.approx(6.1, abs=0.1)
 
 
 def test_static_photo(syncer, shared_data, speech, work):
@@ -206,6 +210,16 @@ def test_static_photo(syncer, shared_data, speech, work):
   frames = _check_output(out, 15, (256, 256))
   # The mouth follows the audio: the frames are not all the same.
   assert max(np.abs(f.astype(int) - frames[0]).max() for f in frames) > 10
+
+
+def test_debug_sketch_beside_each_frame(checkpoint, shared_data, speech, work):
+  options = inference.InferenceOptions(debug_sketch=True, cache_dir=str(work / "cache"), **FAST)
+  out = work / "debug.mp4"
+  inference.LipSyncer(checkpoint, options).run(shared_data / "129.mp4", speech(0.3), out)
+  frames = _check_output(out, 8, (256, 512))  # sketch | frame
+  left = frames[3][:, :256]
+  # A sketch: mostly black with light lines.
+  assert (left.max(axis=-1) < 20).mean() > 0.8 and left.max() > 150
 
 
 def test_pingpong_and_faceless_frames_pass_through(syncer, shared_data, speech, work, caplog):
@@ -231,6 +245,7 @@ def test_pingpong_and_faceless_frames_pass_through(syncer, shared_data, speech, 
 
 
 def test_api_and_cli_give_identical_frames(checkpoint, shared_data, speech, work):
+  sys.path.insert(0, str(REPO))
   import infer  # the CLI module at the repository root
 
   audio = speech(0.6)

@@ -1,0 +1,199 @@
+"""End-to-end inference speed: this pipeline vs a per-frame pipeline built like the release's.
+
+Both turn ../shared/data/129.mp4 (30 fps, 256x256, 9 s) plus the first `--seconds` of
+audio2.wav into an mp4, with the same random weights (the PyTorch mirror's, converted for
+JAX), at each N of `--refs`:
+
+- ours: `ip_lap_jax.inference.LipSyncer` (batched windows, shared reference features and
+  modulations, jitted fixed shapes, frames sharded over devices, threads overlapping
+  decode / Face Mesh / drawing / encoding with the device, watermark on). A warm-up run
+  on 0.2 s of audio compiles everything (same batch shapes; its time is printed); the
+  timed run is then compiled but uses a fresh detection cache, so Face Mesh runs as on a
+  template's first use.
+- release-like: the structure of `inference_single.py`: all frames read into memory,
+  Face Mesh twice per frame (one pass for boxes and lip openness, one for landmarks),
+  then per output frame: the landmark generator on one window (batch 1), 5 sketches, the
+  renderer at batch 1 (the mirror's per-reference loop, as the release's), paste-back,
+  encode. PyTorch eval + no_grad, `torch.set_num_threads(os.cpu_count())`. The release's
+  second face detector for the paste mask is replaced by the same Face Mesh mask (the
+  release's would only add time).
+
+Run:
+  .venv/bin/python benchmarks/bench_infer.py --seconds 1 --refs 25 3
+  (on the 2-core CPU the N=25 runs are slow: `--seconds 0.4 --refs 25` renders 8 frames)
+Prints one line per (N, pipeline) and a JSON summary with `--json PATH`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+import cv2
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ip_lap_jax import audio as audio_lib  # noqa: E402
+from ip_lap_jax import inference  # noqa: E402
+from ip_lap_jax import landmarks  # noqa: E402
+from ip_lap_jax import paste  # noqa: E402
+from ip_lap_jax import sketch  # noqa: E402
+from ip_lap_jax import video  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+
+
+def make_checkpoint(root: pathlib.Path):
+  """Random mirror weights saved in the release's format, converted; returns the modules."""
+  import torch
+
+  from ip_lap_jax import convert
+  from ip_lap_jax.torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint
+  from ip_lap_jax.torch_mirror.landmark_generator import Landmark_generator
+  from ip_lap_jax.torch_mirror.renderer import RendererTorch
+
+  torch.manual_seed(0)
+  modules = {"landmark_generator": Landmark_generator(), "renderer": RendererTorch()}
+  for name, module in modules.items():
+    randomize_batchnorm_stats(module, seed=1)
+    module.eval()
+    save_official_checkpoint(module, root / f"{name}.pth")
+    convert.convert_checkpoint(root / f"{name}.pth", root / "ckpt" / name)
+  return modules
+
+
+def release_like(modules, template: str, speech: str, output: str, num_refs: int,
+                 num_landmark_refs: int = 15) -> int:
+  """The release's per-frame structure with the PyTorch mirror; returns frames written."""
+  import torch
+
+  lg, renderer = modules["landmark_generator"], modules["renderer"]
+  frames = video.read_frames(template)  # all in memory, as the release
+  h, w = frames[0].shape[:2]
+  boxes, openness, poses, contents, all_points = [], [], [], [], []
+  with landmarks.FaceMeshDetector() as detector:
+    for frame in frames:  # pass 1: boxes and lip openness
+      points = detector.detect(frame)
+      boxes.append(landmarks.face_box(points, 25, (h, w)))
+      openness.append(landmarks.lip_openness(points))
+    for frame, box in zip(frames, boxes):  # pass 2: landmarks, as the release does again
+      points = detector.detect(frame)
+      p, c = landmarks.pose_content(landmarks.normalize_to_box(
+          points[landmarks.ALL_INDICES], box, pixel_grid=True))
+      poses.append(p)
+      contents.append(c)
+      all_points.append(points[landmarks.ALL_INDICES])
+  openness = np.array(openness)
+  wav = audio_lib.load_audio(speech)
+  chunks = audio_lib.inference_mel_chunks(audio_lib.melspectrogram(wav))
+  num_out = inference.output_frame_count(wav.size)
+
+  def crop(i):
+    y1, y2, x1, x2 = boxes[i].pixel
+    return cv2.resize(frames[i][y1:y2, x1:x2], (128, 128)).astype(np.float32) / 255.0
+
+  def draw(pose, content, i):
+    points = landmarks.content_and_pose_to_all(pose, content)
+    return sketch.draw_sketch(points, boxes[i].pixel_hw)
+
+  def chw(x):  # [..., H, W, C] images -> [..., C, H, W]
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(x, np.float32), -1, -3)))
+
+  def xy_first(x):  # [..., P, 2] landmarks -> [..., 2, P]
+    return torch.from_numpy(np.ascontiguousarray(np.swapaxes(np.asarray(x, np.float32), -1, -2)))
+
+  lmk = inference.select_references(openness, num_landmark_refs)
+  img = inference.select_references(openness, num_refs)
+  nl_pose = xy_first(np.stack([poses[i] for i in lmk]))[None]  # (1, Nl, 2, 74)
+  nl_content = xy_first(np.stack([contents[i] for i in lmk]))[None]
+  ref_images = chw(np.stack([crop(i) for i in img]))[None]
+  ref_sketches = chw(np.stack([draw(poses[i], contents[i], i) for i in img]))[None]
+  length = len(frames)
+  with video.VideoWriter(output, audio_path=speech) as writer, torch.no_grad():
+    for window in range(num_out - inference.CENTRE):
+      positions = inference.window_positions(window)
+      idx = [int(inference.pingpong(p, length)) for p in positions]
+      mels = chunks[inference.window_mel_indices(window, len(chunks))]
+      t_mels = torch.from_numpy(mels[None, :, None].astype(np.float32))  # (1, T, 1, 80, 16)
+      t_pose = xy_first(np.stack([poses[i] for i in idx]))[None]
+      content = lg(t_mels, t_pose, nl_pose, nl_content)  # (T, 2, 57)
+      content = content.permute(0, 2, 1).numpy()
+      sketches = chw(np.stack([draw(poses[i], content[t], i) for t, i in enumerate(idx)]))[None]
+      centre = idx[inference.CENTRE]
+      face = chw(crop(centre))[None, None]
+      generated, _ = renderer(face, sketches, ref_images, ref_sketches,
+                              t_mels[:, inference.CENTRE][:, None])
+      gen = (generated[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+      polygon = paste.mask_polygon(all_points[centre], (h, w))
+      out = paste.paste_face(frames[centre], gen, boxes[centre].pixel, polygon)
+      for _ in inference.window_outputs(window):
+        writer.write(out)
+  return num_out
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--seconds", type=float, default=1.0, help="audio length (25 frames/s)")
+  parser.add_argument("--refs", type=int, nargs="+", default=[25, 3])
+  parser.add_argument("--batch-size", type=int, default=8)
+  parser.add_argument("--skip-release", action="store_true")
+  parser.add_argument("--json", default=None)
+  args = parser.parse_args()
+
+  import jax
+  import torch
+
+  torch.set_num_threads(os.cpu_count())
+  results = []
+  with tempfile.TemporaryDirectory() as tmp_dir:
+    tmp = pathlib.Path(tmp_dir)
+    modules = make_checkpoint(tmp)
+    speech = tmp / "speech.wav"
+    wav = audio_lib.load_audio(DATA / "audio2.wav")
+    audio_lib.save_wav(speech, wav[:int(round(args.seconds * audio_lib.SAMPLE_RATE))])
+    short = tmp / "short.wav"
+    audio_lib.save_wav(short, wav[:int(0.2 * audio_lib.SAMPLE_RATE)])
+    template = str(DATA / "129.mp4")
+    print(f"devices: {jax.devices()}; cpu threads: {os.cpu_count()}; "
+          f"frames: {inference.output_frame_count(int(round(args.seconds * 16000)))}", flush=True)
+    for n in args.refs:
+      row = {"N": n, "seconds_audio": args.seconds}
+      # Warm-up: a 0.2 s clip has the same batch shapes, so this compiles everything.
+      options = inference.InferenceOptions(num_refs=n, batch_size=args.batch_size,
+                                           progress=False, cache_dir=str(tmp / f"cache_{n}_a"))
+      syncer = inference.LipSyncer(tmp / "ckpt", options)
+      warm = syncer.run(template, short, tmp / f"warmup_{n}.mp4")
+      row["warmup_s"] = warm.seconds
+      print(f"N={n:2d} ours warm-up (compile + 1 batch): {warm.seconds:.1f} s", flush=True)
+      # Timed: compiled, but a fresh detection cache, so Face Mesh runs as in a first use.
+      options = dataclasses.replace(options, cache_dir=str(tmp / f"cache_{n}_b"))
+      result = inference.LipSyncer(tmp / "ckpt", options).run(template, speech, tmp / f"ours_{n}.mp4")
+      row["ours_s"] = result.seconds
+      row["ours_fps"] = result.frames_per_second
+      row["frames"] = result.num_frames
+      print(f"N={n:2d} ours: {result.num_frames} frames in {result.seconds:.1f} s = "
+            f"{result.frames_per_second:.3f} frames/s", flush=True)
+      if not args.skip_release:
+        start = time.perf_counter()
+        frames = release_like(modules, template, str(speech), str(tmp / f"release_{n}.mp4"), n)
+        seconds = time.perf_counter() - start
+        row["release_s"] = seconds
+        row["release_fps"] = frames / seconds
+        row["speedup"] = row["ours_fps"] / row["release_fps"]
+        print(f"N={n:2d} release-like: {frames} frames in {seconds:.1f} s = "
+              f"{frames / seconds:.3f} frames/s; speedup {row['speedup']:.2f}x", flush=True)
+      results.append(row)
+  print(json.dumps(results, indent=2))
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+if __name__ == "__main__":
+  main()
