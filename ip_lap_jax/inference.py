@@ -775,15 +775,18 @@ class LipSyncer:
     s = self.options.render_size
     bsz = batch.faces.shape[0]
     sketches = np.zeros((bsz, T, s, s, 3), np.float32)
+    centre = np.zeros((bsz, FACE_SIZE, FACE_SIZE, 3), np.float32)  # full size, for debug
     for b in range(batch.count):
       for t in range(T):
-        sketches[b, t] = _resize(self._sketch(batch.pose[b, t], content[b, t],
-                                              geometry.boxes[batch.frames[b, t]]), s)
+        drawn = self._sketch(batch.pose[b, t], content[b, t], geometry.boxes[batch.frames[b, t]])
+        sketches[b, t] = _resize(drawn, s)
+        if t == CENTRE:
+          centre[b] = drawn
     sketches[batch.count:] = sketches[0]
     rendered = _render(self.variables["renderer"], shard(batch.faces), shard(sketches),
                        refs["ref_images"], refs["ref_sketches"], shard(batch.mels[:, CENTRE]),
                        dtype=self.dtype)
-    return rendered, sketches[:, CENTRE]
+    return rendered, centre
 
   def _write(self, to_writer: queue.Queue, stop: threading.Event, geometry: _FrameGeometry,
              track: FaceTrack, output: str, audio_path: str | None,
