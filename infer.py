@@ -19,7 +19,8 @@ _EPILOG = """\
 checkpoint directory layout (the converter's output):
   CKPT/landmark_generator/variables   python -m ip_lap_jax.convert --src landmarkgenerator_checkpoint.pth --out CKPT/landmark_generator
   CKPT/renderer/variables             python -m ip_lap_jax.convert --src renderer_checkpoint.pth --out CKPT/renderer
-(a training run's exported checkpoints work the same way)
+(weights from training: save each model's {'params', 'batch_stats'} tree with orbax as
+ CKPT/<model>/variables, the layout `ip_lap_jax.convert.load_variables` reads)
 
 watermark: every output carries an invisible watermark in its frames and a tag in the
 container metadata; check it with `python -m ip_lap_jax.watermark detect OUT.mp4`.

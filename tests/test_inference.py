@@ -222,6 +222,23 @@ def test_debug_sketch_beside_each_frame(checkpoint, shared_data, speech, work):
   assert (left.max(axis=-1) < 20).mean() > 0.8 and left.max() > 150
 
 
+def test_bfloat16_compute(checkpoint, shared_data, speech, work):
+  photo = work / "photo.png"
+  cv2.imwrite(str(photo), next(iter(video.iter_frames(shared_data / "129.mp4"))))
+  outs = {}
+  for dtype in ("float32", "bfloat16"):
+    options = inference.InferenceOptions(dtype=dtype, watermark=False,
+                                         cache_dir=str(work / "cache"), **FAST)
+    outs[dtype] = work / f"photo_{dtype}.mp4"
+    inference.LipSyncer(checkpoint, options).run(photo, speech(0.3), outs[dtype])
+  f32 = np.stack(_check_output(outs["float32"], 8, (256, 256))).astype(int)
+  bf16 = np.stack(_check_output(outs["bfloat16"], 8, (256, 256))).astype(int)
+  diff = np.abs(f32 - bf16)
+  print("bfloat16 vs float32: mean", diff.mean(), "max", diff.max())
+  assert diff.max() > 0  # the compute dtype took effect
+  assert diff.mean() < 2.0  # measured 0.73, max 11 (random weights; faces only)
+
+
 def test_pingpong_and_faceless_frames_pass_through(syncer, shared_data, speech, work, caplog):
   template = work / "with_black.mp4"
   src = [f for _, f in zip(range(20), video.iter_frames(shared_data / "129.mp4"))]
