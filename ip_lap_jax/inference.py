@@ -25,8 +25,9 @@ Speed and memory:
 - The landmark generator runs `batch_size` windows per call, the renderer renders
   `batch_size` frames per call with the N references shared by all of them and the
   flow module's modulations computed once per frame (`shared_modulation`). Shapes are
-  fixed (the last batch is padded) so nothing recompiles after the first batch; the jitted
-  functions live at module level, so a second `LipSyncer` reuses the compilation.
+  fixed (the last batch is padded) and both functions are compiled ahead of time for
+  them, in a thread that runs while Face Mesh scans the template; the executables are
+  cached per process, so a second run or `LipSyncer` with the same settings reuses them.
 - Frames of a batch are sharded over every local device (`jax.devices()`); the batch size
   is rounded up to a multiple of the device count.
 - A producer thread decodes, crops and prepares batch i+1 and a writer thread pastes,
@@ -513,6 +514,9 @@ class _Batch:
 
 
 _DONE = object()
+# Compiled executables per (shapes, dtype, devices), shared by every LipSyncer.
+_COMPILED: dict[tuple, tuple[Any, Any]] = {}
+_COMPILE_LOCK = threading.Lock()
 
 
 class _Failure:
@@ -571,6 +575,44 @@ class LipSyncer:
     self.batch_size = -(-options.batch_size // n) * n
     self.dtype = jnp.bfloat16 if options.dtype == "bfloat16" else jnp.float32
 
+  # -- compilation --------------------------------------------------------------
+
+  def compile(self) -> tuple[Any, Any]:
+    """Compiles both device functions for this run's fixed shapes (cached per process).
+
+    `run` calls it in a background thread while Face Mesh scans the template, so the
+    compilation overlaps detection.
+    Returns:
+      (predict_content, render) compiled executables.
+    """
+    opts = self.options
+    b, s = self.batch_size, opts.render_size
+    nl, n = opts.num_landmark_refs, opts.num_refs
+    key = (b, s, nl, n, self.dtype, tuple(d.id for d in self.devices),
+           jax.tree_util.tree_structure(self.variables))
+    with _COMPILE_LOCK:
+      if key in _COMPILED:
+        return _COMPILED[key]
+    f32 = jnp.float32
+
+    def batched(*shape):
+      return jax.ShapeDtypeStruct(shape, f32, sharding=self._batch_sharding)
+
+    def shared(*shape):
+      return jax.ShapeDtypeStruct(shape, f32, sharding=self._replicated)
+
+    mel = (80, audio_lib.MEL_STEP, 1)
+    content_fn = _predict_content.lower(
+        self.variables["landmark_generator"], batched(b, T, *mel),
+        batched(b, T, landmarks.NUM_POSE, 2), shared(nl, landmarks.NUM_POSE, 2),
+        shared(nl, landmarks.NUM_CONTENT, 2), dtype=self.dtype).compile()
+    render_fn = _render.lower(
+        self.variables["renderer"], batched(b, s, s, 3), batched(b, T, s, s, 3),
+        shared(n, s, s, 3), shared(n, s, s, 3), batched(b, *mel), dtype=self.dtype).compile()
+    with _COMPILE_LOCK:
+      _COMPILED[key] = (content_fn, render_fn)
+    return content_fn, render_fn
+
   # -- checks -------------------------------------------------------------------
 
   @staticmethod
@@ -604,11 +646,28 @@ class LipSyncer:
     mel_chunks = audio_lib.inference_mel_chunks(audio_lib.melspectrogram(wav))
     num_out = output_frame_count(wav.size)
 
+    compiled: list[Any] = [None]
+
+    def compile_in_background() -> None:
+      try:
+        compiled[0] = self.compile()
+      except BaseException as e:  # re-raised below, in the caller's thread
+        compiled[0] = e
+
+    compiler = threading.Thread(target=compile_in_background, name="ip_lap_jax-compile",
+                                daemon=True)
+    compiler.start()
+    # On an error below the compile thread is left to finish on its own (daemon): the
+    # error is reported at once, and a later run finds the executables cached.
     track, cached = detect_template(template, small_faces=opts.small_faces,
                                     cache_dir=opts.cache_dir)
     geometry = _geometry(track, opts.face_pad)
     if not geometry.usable.any():
       raise MediaError(template, f"no face found in any of its {track.num_frames} frames")
+    compiler.join()
+    if isinstance(compiled[0], BaseException):
+      raise compiled[0]
+    self._content_fn, self._render_fn = compiled[0]
     faceless = int(track.num_frames - geometry.usable.sum())
     if faceless:
       logger.warning("%s: no face in %d of %d frames; they pass through unchanged",
@@ -769,9 +828,9 @@ class LipSyncer:
                    ) -> tuple[jax.Array, np.ndarray]:
     """Landmarks -> sketches -> rendering for one batch; rendering is left in flight."""
     shard = functools.partial(jax.device_put, device=self._batch_sharding)
-    content = np.asarray(_predict_content(
+    content = np.asarray(self._content_fn(
         self.variables["landmark_generator"], shard(batch.mels), shard(batch.pose),
-        refs["ref_pose"], refs["ref_content"], dtype=self.dtype))
+        refs["ref_pose"], refs["ref_content"]))
     s = self.options.render_size
     bsz = batch.faces.shape[0]
     sketches = np.zeros((bsz, T, s, s, 3), np.float32)
@@ -783,9 +842,9 @@ class LipSyncer:
         if t == CENTRE:
           centre[b] = drawn
     sketches[batch.count:] = sketches[0]
-    rendered = _render(self.variables["renderer"], shard(batch.faces), shard(sketches),
-                       refs["ref_images"], refs["ref_sketches"], shard(batch.mels[:, CENTRE]),
-                       dtype=self.dtype)
+    rendered = self._render_fn(self.variables["renderer"], shard(batch.faces), shard(sketches),
+                               refs["ref_images"], refs["ref_sketches"],
+                               shard(batch.mels[:, CENTRE]))
     return rendered, centre
 
   def _write(self, to_writer: queue.Queue, stop: threading.Event, geometry: _FrameGeometry,
