@@ -220,6 +220,13 @@ def _results(jobs: list[ClipJob], workers: int, init_args: tuple) -> Iterable[Cl
     yield from pool.imap_unordered(_work, jobs, chunksize=1)
 
 
+def _file_size(path: str) -> int:
+  try:
+    return os.path.getsize(path)
+  except OSError:
+    return 0
+
+
 def _load_done(output_dir: pathlib.Path, jobs: list[ClipJob]) -> dict[str, dict]:
   done = {}
   for job in jobs:
@@ -254,6 +261,9 @@ def run(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str], *
   jobs = find_clips(input_dir)
   done = _load_done(output_dir, jobs)
   pending = [j for j in jobs if j.name not in done]
+  # Largest files first: a long clip started last would leave the other workers idle
+  # at the end of the run.
+  pending.sort(key=lambda j: -_file_size(j.path))
   log.info("%d clips found, %d already done, %d to do, %d workers", len(jobs), len(done),
            len(pending), workers)
   failed: dict[str, dict[str, str]] = {}
