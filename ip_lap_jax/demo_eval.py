@@ -1,0 +1,150 @@
+"""What the demo reports: does the landmark generator open the mouth with the loudness?
+
+On held-out preprocessed clips, every window of T frames goes through the landmark
+generator (Nl references at evenly spaced lip-openness ranks of the clip, as inference
+picks them). From the predicted content landmarks of each window's centre frame we read
+the lip openness (MediaPipe points 0 and 17, box-normalised) and correlate it with the
+audio's loudness at that frame. The same numbers for an untrained model show what
+training added.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ip_lap_jax import audio, dataset_layout, landmarks, synthetic
+from ip_lap_jax.models.landmark_generator import LandmarkGenerator
+
+T = 5
+_UPPER_LIP = int(np.flatnonzero(landmarks.CONTENT_INDICES == 0)[0])
+_LOWER_LIP = int(np.flatnonzero(landmarks.CONTENT_INDICES == 17)[0])
+
+
+def content_openness(content: np.ndarray) -> np.ndarray:
+  """Lip openness of content landmarks [..., 57, 2] -> [...]."""
+  return np.linalg.norm(content[..., _UPPER_LIP, :] - content[..., _LOWER_LIP, :], axis=-1)
+
+
+@dataclasses.dataclass
+class ClipWindows:
+  """Every full window of one preprocessed clip, ready for the landmark generator."""
+  name: str
+  centres: np.ndarray  # [K] frame numbers of the windows' centre frames
+  mels: np.ndarray  # [K, T, 80, 16, 1]
+  pose: np.ndarray  # [K, T, 74, 2]
+  content: np.ndarray  # [K, T, 57, 2]
+  ref_pose: np.ndarray  # [Nl, 74, 2]
+  ref_content: np.ndarray  # [Nl, 57, 2]
+  loudness: np.ndarray  # [K] loudness at the centre frames
+
+
+def load_clip_windows(roots: dataset_layout.DatasetRoots, clip: str, num_refs: int = 15) -> ClipWindows:
+  """Reads a preprocessed clip and builds all windows whose frames and mels exist."""
+  frames = dataset_layout.frame_numbers(roots.landmark_root / clip)
+  poses, contents = {}, {}
+  for f in frames:
+    poses[f], contents[f] = dataset_layout.load_landmarks(roots.landmark_path(clip, f))
+  mel = dataset_layout.load_mel(roots.mel_path(clip))  # [80, M]
+  wav = audio.load_audio(roots.wav_path(clip))
+  loudness = synthetic.frame_loudness(wav, max(frames) + 1)
+
+  windows = []
+  for start in frames:
+    span = list(range(start, start + T))
+    if not all(f in poses for f in span):
+      continue
+    mel_windows = [audio.training_mel_window(mel, f) for f in span]
+    if any(m is None for m in mel_windows):
+      continue
+    windows.append((span, np.stack(mel_windows)))
+  if not windows:
+    raise ValueError(f"{clip}: no complete window of {T} frames")
+
+  openness = np.array([content_openness(contents[f]) for f in frames])
+  order = np.asarray(frames)[np.argsort(openness, kind="stable")]
+  refs = order[np.linspace(0, len(order) - 1, num_refs).astype(np.int64)]
+  return ClipWindows(
+      name=clip,
+      centres=np.array([span[T // 2] for span, _ in windows]),
+      mels=np.stack([m for _, m in windows])[..., None].astype(np.float32),
+      pose=np.stack([[poses[f] for f in span] for span, _ in windows]).astype(np.float32),
+      content=np.stack([[contents[f] for f in span] for span, _ in windows]).astype(np.float32),
+      ref_pose=np.stack([poses[f] for f in refs]).astype(np.float32),
+      ref_content=np.stack([contents[f] for f in refs]).astype(np.float32),
+      loudness=loudness[[span[T // 2] for span, _ in windows]],
+  )
+
+
+def predict(model: LandmarkGenerator, variables: Mapping[str, Any], clip: ClipWindows,
+            batch_size: int = 32) -> np.ndarray:
+  """Predicted content landmarks of every window: [K, T, 57, 2]."""
+  apply = jax.jit(lambda v, *x: model.apply(v, *x, train=False))
+  out = []
+  for i in range(0, len(clip.centres), batch_size):
+    sl = slice(i, i + batch_size)
+    k = len(clip.centres[sl])
+    refs_pose = np.broadcast_to(clip.ref_pose, (k, *clip.ref_pose.shape))
+    refs_content = np.broadcast_to(clip.ref_content, (k, *clip.ref_content.shape))
+    out.append(np.asarray(apply(variables, jnp.asarray(clip.mels[sl]), jnp.asarray(clip.pose[sl]),
+                                jnp.asarray(refs_pose), jnp.asarray(refs_content))))
+  return np.concatenate(out)
+
+
+@dataclasses.dataclass
+class OpennessReport:
+  """Per model: landmark L1 against Face Mesh, and openness-loudness correlation."""
+  l1: float
+  correlation: float
+  series: dict[str, dict[str, np.ndarray]]  # clip -> {'centres','loudness','predicted','measured'}
+
+
+def evaluate(model: LandmarkGenerator, variables: Mapping[str, Any], clips: list[ClipWindows]) -> OpennessReport:
+  l1_sum, count = 0.0, 0
+  all_pred, all_loud = [], []
+  series = {}
+  for clip in clips:
+    pred = predict(model, variables, clip)
+    l1_sum += float(np.abs(pred - clip.content).sum())
+    count += pred.size
+    predicted = content_openness(pred[:, T // 2])
+    all_pred.append(predicted)
+    all_loud.append(clip.loudness)
+    series[clip.name] = dict(centres=clip.centres, loudness=clip.loudness, predicted=predicted,
+                             measured=content_openness(clip.content[:, T // 2]))
+  pred, loud = np.concatenate(all_pred), np.concatenate(all_loud)
+  corr = float(np.corrcoef(pred, loud)[0, 1]) if pred.std() > 0 and loud.std() > 0 else 0.0
+  return OpennessReport(l1=l1_sum / count, correlation=corr, series=series)
+
+
+def plot(reports: Mapping[str, OpennessReport], clip: str, path: os.PathLike[str] | str) -> None:
+  """Loudness and lip openness (measured, and predicted by each model) over time."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  def unit(x: np.ndarray) -> np.ndarray:
+    return (x - x.min()) / max(float(np.ptp(x)), 1e-9)
+
+  first = next(iter(reports.values())).series[clip]
+  seconds = first["centres"] / synthetic.FPS
+  fig, ax = plt.subplots(figsize=(10, 3.8))
+  ax.fill_between(seconds, unit(first["loudness"]), color="0.85", label="audio loudness (RMS)")
+  ax.plot(seconds, unit(first["measured"]), color="k", lw=1, ls="--", label="lip openness, Face Mesh (truth)")
+  for (name, report), colour in zip(reports.items(), ("tab:red", "tab:blue")):
+    ax.plot(seconds, unit(report.series[clip]["predicted"]), color=colour, lw=1.6,
+            label=f"predicted openness, {name} (r = {report.correlation:.2f})")
+  ax.set_xlabel("time (s)")
+  ax.set_ylabel("normalised")
+  ax.set_title(f"held-out clip {clip}: lip openness vs loudness")
+  ax.legend(loc="upper right", fontsize=8)
+  fig.tight_layout()
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
