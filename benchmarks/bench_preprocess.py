@@ -9,7 +9,7 @@ Input: `--copies` copies (symlinks) of each 25 fps sample clip with audio from
 played back and forth (memory grows with clip length in the release's approach).
 
 Both approaches run in the same invocation, each in a fresh child process whose process
-tree's memory is sampled every 20 ms: peak of the sum of PSS (resident memory with
+tree's memory is sampled every 100 ms: peak of the sum of PSS (resident memory with
 shared pages divided among their sharers, so forked or spawned workers are not
 counted twice):
 - release: the release's `preprocess_video.py` restated (a thread pool of `--workers`
@@ -180,7 +180,7 @@ def measure(mode: str, input_dir: pathlib.Path, out_root: pathlib.Path, workers:
     nonlocal peak
     while not done.is_set():
       peak = max(peak, _tree_pss(child.pid))
-      time.sleep(0.02)
+      time.sleep(0.1)  # reading smaps costs CPU; peaks last far longer than this
 
   sampler = threading.Thread(target=sample, daemon=True)
   sampler.start()

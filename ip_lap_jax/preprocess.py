@@ -146,7 +146,8 @@ def process_clip(job: ClipJob, detector: landmarks.FaceMeshDetector,
         continue
       found = landmarks.analyze(points, frame.shape[:2], pad_px)
       y1, y2, x1, x2 = found.box.pixel
-      if y2 <= y1 or x2 <= x1:  # a degenerate detection: treat as no face
+      if y2 <= y1 or x2 <= x1 or min(found.box.float_hw) < 1.0:
+        # A degenerate detection (box under a pixel): treat as no face.
         result.skipped_no_face.append(index)
         continue
       dataset_layout.save_landmarks(roots.landmark_path(job.name, index), found.pose,

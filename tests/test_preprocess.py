@@ -147,3 +147,18 @@ def test_landmark_file_roundtrip_and_validation(tmp_path):
   np.save(tmp_path / "1", d, allow_pickle=True)
   with pytest.raises(ValueError):
     dataset_layout.load_landmarks(tmp_path / "1.npy")
+
+
+def test_cli_custom_roots_and_exit_code(dataset, tmp_path, capsys):
+  root, _, _, _ = dataset
+  (tmp_path / "in" / "spk").mkdir(parents=True)
+  (tmp_path / "in" / "spk" / "bad.mp4").symlink_to(root / "in" / "spk" / "bad.mp4")
+  code = preprocess.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                          "--workers", "1", "--no-progress",
+                          "--landmark-root", str(tmp_path / "lm")])
+  assert code == 0
+  summary = json.loads((tmp_path / "out" / preprocess.SUMMARY_NAME).read_text())
+  assert summary["roots"]["landmark_root"] == str((tmp_path / "lm").resolve())
+  assert summary["roots"]["face_root"] == str((tmp_path / "out" / "faces").resolve())
+  assert list(summary["failed"]) == ["spk/bad"]
+  assert "FAILED spk/bad" in capsys.readouterr().err
