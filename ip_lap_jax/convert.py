@@ -485,6 +485,20 @@ def read_provenance(directory: str | os.PathLike[str]) -> dict[str, Any]:
   return json.loads((pathlib.Path(directory) / "provenance.json").read_text())
 
 
+def _torch_sinusoid_table(max_len: int = 512, d_model: int = 512) -> np.ndarray:
+  """`sinusoid_table` computed with torch's float32 kernels, as the release computes `pe`."""
+  import math
+
+  import torch
+
+  position = torch.arange(0, max_len).float().unsqueeze(1)
+  div = (torch.arange(0, d_model, 2).float() * -(math.log(10000.0) / d_model)).exp()
+  table = torch.zeros(max_len, d_model)
+  table[:, 0::2] = torch.sin(position * div)
+  table[:, 1::2] = torch.cos(position * div)
+  return table.unsqueeze(0).numpy()
+
+
 def export_state_dict(
     variables: Mapping[str, Any],
     path: str | os.PathLike[str],
@@ -518,6 +532,9 @@ def export_state_dict(
     state.update(variables_to_state_dict(vgg19, prefix="perceptual.model."))
   if detect_model(state) != model:
     raise ConversionError(f"these variables are a {detect_model(state)}, not a {model}")
+  for key in PE_KEYS:
+    if key in state:  # bit-identical to the release's buffer (torch's own sin/exp)
+      state[key] = _torch_sinusoid_table()
   prefix = _MODULE_PREFIX if data_parallel_prefix else ""
   tensors = {prefix + k: torch.from_numpy(np.array(v)) for k, v in state.items()}
   path = pathlib.Path(path)
