@@ -1,0 +1,1 @@
+"""Training: state and optimisers, pmapped train/eval steps per stage, checkpoints, metrics."""

@@ -1,0 +1,103 @@
+"""Landmark generator: model from config, state init, pmapped train and eval steps.
+
+Batch (per device, inside pmap): mels [b, T, 80, 16, 1], pose [b, T, 74, 2],
+content [b, T, 57, 2], ref_pose [b, Nl, 74, 2], ref_content [b, Nl, 57, 2].
+Loss = L1 + velocity (REFERENCE s. 6), computed on each device's share; gradients,
+metrics (and synchronised BatchNorm statistics) are averaged over the devices, so with
+equal shares the update equals a single-device step on the global batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ip_lap_jax import losses
+from ip_lap_jax.models.landmark_generator import LandmarkGenerator
+from ip_lap_jax.training import state as state_lib
+
+AXIS = state_lib.AXIS
+INPUTS = ("mels", "pose", "ref_pose", "ref_content")
+
+
+def make_model(cfg: ml_collections.ConfigDict) -> LandmarkGenerator:
+  m = cfg.model
+  return LandmarkGenerator(T=m.T, d_model=m.d_model, nlayers=m.nlayers, nhead=m.nhead,
+                           dim_feedforward=m.dim_feedforward, dropout=m.dropout,
+                           generator=m.generator, dtype=jnp.dtype(m.dtype))
+
+
+def dummy_batch(cfg: ml_collections.ConfigDict, batch: int = 1) -> dict[str, np.ndarray]:
+  T, Nl = cfg.data.T, cfg.data.Nl
+  return {"mels": np.zeros((batch, T, 80, 16, 1), np.float32),
+          "pose": np.zeros((batch, T, 74, 2), np.float32),
+          "content": np.zeros((batch, T, 57, 2), np.float32),
+          "ref_pose": np.zeros((batch, Nl, 74, 2), np.float32),
+          "ref_content": np.zeros((batch, Nl, 57, 2), np.float32)}
+
+
+def init_variables(cfg: ml_collections.ConfigDict, rng: jax.Array) -> dict[str, Any]:
+  batch = dummy_batch(cfg)
+  return jax.jit(lambda r: make_model(cfg).init(r, *(batch[k] for k in INPUTS), train=False))(rng)
+
+
+def init_state(cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+               variables: dict[str, Any], rng: jax.Array) -> state_lib.State:
+  params = variables["params"]
+  return {"step": jnp.zeros((), jnp.int32), "params": params,
+          "batch_stats": variables.get("batch_stats", {}), "opt_state": tx.init(params),
+          "rng": rng}
+
+
+def train_step(state: state_lib.State, batch: dict[str, jax.Array], *, model: LandmarkGenerator,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, bn_mode: str
+               ) -> tuple[state_lib.State, dict[str, jax.Array]]:
+  """One Adam step on this device's share; call under pmap(axis_name='batch')."""
+  dropout_rng = state_lib.step_rng(state)
+
+  def loss_fn(params):
+    with state_lib.batchnorm_mode(bn_mode):
+      pred, updates = model.apply(
+          {"params": params, "batch_stats": state["batch_stats"]},
+          *(batch[k] for k in INPUTS), train=True, rngs={"dropout": dropout_rng},
+          mutable=["batch_stats"])
+    loss, parts = losses.landmark_loss(pred, batch["content"])
+    return loss, (parts, updates["batch_stats"])
+
+  (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  grads = jax.lax.pmean(grads, AXIS)
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  metrics = {"loss": loss, "l1": parts["l1"], "velocity": parts["velocity"]}
+  metrics = jax.lax.pmean(metrics, AXIS)
+  metrics.update(grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
+                 learning_rate=schedule(state["step"]))
+  new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state,
+                   batch_stats=state_lib.reduce_batch_stats(batch_stats, bn_mode))
+  return new_state, metrics
+
+
+def eval_step(state: state_lib.State, batch: dict[str, jax.Array], *, model: LandmarkGenerator
+              ) -> dict[str, jax.Array]:
+  """Eval-mode L1 and velocity loss averaged over devices."""
+  pred = model.apply({"params": state["params"], "batch_stats": state["batch_stats"]},
+                     *(batch[k] for k in INPUTS), train=False)
+  loss, parts = losses.landmark_loss(pred, batch["content"])
+  return jax.lax.pmean({"loss": loss, "l1": parts["l1"], "velocity": parts["velocity"]}, AXIS)
+
+
+def make_steps(cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+               schedule: optax.Schedule, devices: list[Any]):
+  """(p_train_step, p_eval_step) pmapped over `devices`; the train step donates the state."""
+  model = make_model(cfg)
+  p_train = jax.pmap(
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule, bn_mode=cfg.batchnorm),
+      axis_name=AXIS, donate_argnums=(0,), devices=devices)
+  p_eval = jax.pmap(functools.partial(eval_step, model=model), axis_name=AXIS, devices=devices)
+  return p_train, p_eval

@@ -1,0 +1,137 @@
+"""Train state, optimisers, BatchNorm modes across devices, device helpers.
+
+The train state is a plain dict pytree (so orbax saves and restores it as is):
+  step: int32 [], params, batch_stats, opt_state, rng: uint32 [2],
+  and for the renderer also disc_params, disc_opt_state.
+Inside pmap every leaf is replicated; checkpoints hold the unreplicated copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+AXIS = "batch"
+State = dict[str, Any]
+
+
+def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """'constant' (release), 'cosine' or 'warmup_cosine' over `total_steps`."""
+  lr = cfg.learning_rate
+  if cfg.schedule == "constant":
+    return optax.constant_schedule(lr)
+  if cfg.schedule == "cosine":
+    return optax.cosine_decay_schedule(lr, max(total_steps, 1), alpha=cfg.end_lr_fraction)
+  if cfg.schedule == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(
+        0.0, lr, cfg.warmup_steps, max(total_steps, cfg.warmup_steps + 1),
+        end_value=lr * cfg.end_lr_fraction)
+  raise ValueError(f"unknown lr schedule {cfg.schedule!r}")
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """torch.optim.Adam(lr, betas, eps) with optional global-norm clipping first."""
+  schedule = learning_rate_schedule(cfg, total_steps)
+  adam = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  if cfg.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), adam), schedule
+  return adam, schedule
+
+
+def _sync_batchnorm_interceptor(next_fun, args, kwargs, context):
+  """Runs every training-mode nn.BatchNorm with statistics averaged over AXIS.
+
+  The models do not expose BatchNorm's `axis_name`; an unbound clone with it is applied
+  to the same variables and its updated statistics written back.
+  """
+  module = context.module
+  if (not isinstance(module, nn.BatchNorm) or context.method_name != "__call__"
+      or module.axis_name is not None or module.is_initializing()):
+    return next_fun(*args, **kwargs)
+  use_running_average = nn.merge_param(
+      "use_running_average", module.use_running_average, kwargs.get("use_running_average"))
+  if use_running_average:
+    return next_fun(*args, **kwargs)
+  kwargs = {k: v for k, v in kwargs.items() if k != "use_running_average"}
+  clone = module.clone(parent=None, axis_name=AXIS, use_running_average=False)
+  variables = {"params": module.variables.get("params", {}),
+               "batch_stats": module.variables["batch_stats"]}
+  y, updates = clone.apply(variables, *args, mutable=["batch_stats"], **kwargs)
+  for name, value in updates["batch_stats"].items():
+    module.put_variable("batch_stats", name, value)
+  return y
+
+
+@contextlib.contextmanager
+def batchnorm_mode(mode: str) -> Iterator[None]:
+  """'sync': cross-device BatchNorm inside the block; 'per_device': unchanged."""
+  if mode == "sync":
+    with nn.intercept_methods(_sync_batchnorm_interceptor):
+      yield
+  elif mode == "per_device":
+    yield
+  else:
+    raise ValueError(f"unknown batchnorm mode {mode!r} (per_device | sync)")
+
+
+def reduce_batch_stats(batch_stats: Any, mode: str) -> Any:
+  """Makes the new running statistics identical on all devices.
+
+  per_device: device 0's, as torch.nn.DataParallel keeps only the primary replica's
+  buffers; sync: already identical (pmean only guards against rounding drift).
+  """
+  if mode == "sync":
+    return jax.lax.pmean(batch_stats, AXIS)
+  first = jax.lax.axis_index(AXIS) == 0
+  return jax.tree.map(lambda x: jax.lax.psum(jnp.where(first, x, jnp.zeros_like(x)), AXIS),
+                      batch_stats)
+
+
+def step_rng(state: State) -> jax.Array:
+  """Per-step, per-device key: fold_in(fold_in(rng, step), device index)."""
+  rng = jax.random.fold_in(state["rng"], state["step"])
+  return jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
+
+
+def global_norm(tree: Any) -> jax.Array:
+  return optax.global_norm(tree)
+
+
+def leading_axis_sharding(devices: list[Any]) -> jax.sharding.NamedSharding:
+  """Shards an array's leading axis over `devices` (pmap's input layout)."""
+  mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+
+
+def replicate(tree: Any, devices: list[Any]) -> Any:
+  """Every leaf stacked len(devices) times on a new leading axis, one copy per device."""
+  n = len(devices)
+  stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), tree)
+  return jax.device_put(stacked, leading_axis_sharding(devices))
+
+
+def unreplicate(tree: Any) -> Any:
+  """First replica of every leaf, fetched to host numpy."""
+  return jax.tree.map(lambda x: jax.device_get(x[0]), tree)
+
+
+def check_same_structure(loaded: Any, template: Any, what: str) -> None:
+  """Raises ValueError naming paths whose presence or shape differs."""
+  flat_l = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_leaves_with_path(loaded)}
+  flat_t = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_leaves_with_path(template)}
+  missing = sorted(set(flat_t) - set(flat_l))
+  unknown = sorted(set(flat_l) - set(flat_t))
+  shapes = sorted(k for k in set(flat_l) & set(flat_t) if tuple(flat_l[k]) != tuple(flat_t[k]))
+  if missing or unknown or shapes:
+    raise ValueError(f"{what} does not fit the model: missing {missing[:10]}, unknown "
+                     f"{unknown[:10]}, mis-shaped {[(k, flat_l[k], flat_t[k]) for k in shapes[:10]]}")
+
+
