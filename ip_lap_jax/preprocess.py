@@ -208,7 +208,8 @@ def _work(job: ClipJob) -> ClipResult:
                       _WORKER["pad_px"])
 
 
-_PRELOAD = ("ip_lap_jax.preprocess", "ip_lap_jax.audio", "ip_lap_jax.video", "mediapipe")
+_PRELOAD = ("ip_lap_jax.preprocess", "ip_lap_jax.audio", "ip_lap_jax.video", "mediapipe",
+            "librosa")
 
 
 def _results(jobs: list[ClipJob], workers: int, init_args: tuple) -> Iterable[ClipResult]:
