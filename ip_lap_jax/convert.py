@@ -428,6 +428,31 @@ def load_variables(directory: str | os.PathLike[str], item: str = "variables") -
   return _unflatten({p: np.asarray(v) for p, v in _flatten(tree).items()})
 
 
+def save_variables(out_dir: str | os.PathLike[str], items: Mapping[str, Mapping[str, Any]],
+                   provenance: Mapping[str, Any], *, overwrite: bool = False) -> None:
+  """Writes trees (`variables`, optionally `vgg19`) and `provenance.json` into `out_dir`.
+
+  The layout `load_variables` and inference read. Everything goes into a temporary sibling
+  directory that is renamed into place at the end: out_dir is either complete or absent.
+  Used by the converter and to export models trained here.
+  """
+  out_dir = pathlib.Path(out_dir)
+  if out_dir.exists() and not overwrite:
+    raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+  try:
+    for item, tree in items.items():
+      _save_tree(tmp / item, tree)
+    (tmp / "provenance.json").write_text(json.dumps(dict(provenance), indent=2) + "\n")
+    if out_dir.exists():
+      shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
 def convert_checkpoint(
     src: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -466,18 +491,7 @@ def convert_checkpoint(
       "num_batches_tracked": {
           k: int(v) for k, v in sorted(extras["variables"].items()) if k.endswith(NBT)},
   }
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-  try:
-    for item, tree in converted.items():
-      _save_tree(tmp / item, tree)
-    (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    if out_dir.exists():
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+  save_variables(out_dir, converted, provenance, overwrite=True)
   return provenance
 
 
