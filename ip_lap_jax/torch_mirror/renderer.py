@@ -129,7 +129,8 @@ def warp(source: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
   if deformation.shape[1:3] != (h, w):
     deformation = F.interpolate(deformation.permute(0, 3, 1, 2), size=(h, w),
                                 mode='bilinear').permute(0, 2, 3, 1)
-  return F.grid_sample(source, deformation)
+  # align_corners=False is the release's (default) behaviour; spelled out to silence the warning.
+  return F.grid_sample(source, deformation, align_corners=False)
 
 
 class DenseFlowNetworkTorch(nn.Module):
