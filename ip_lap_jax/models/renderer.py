@@ -302,12 +302,16 @@ class Renderer(nn.Module):
     Returns:
       (generated [B, 128, 128, 3], warped_ref [B, 128, 128, 3]), float32, BGR in [0, 1].
     """
-    b = face.shape[0]
-    chex.assert_shape(face, (b, IMAGE_SIZE, IMAGE_SIZE, 3))
-    chex.assert_shape(target_sketches, (b, NUM_DRIVING, IMAGE_SIZE, IMAGE_SIZE, 3))
-    chex.assert_shape([ref_images, ref_sketches], (b, None, IMAGE_SIZE, IMAGE_SIZE, 3))
+    # The networks are convolutional: the release's size is 128 (IMAGE_SIZE), and smaller
+    # even sizes keep CPU smoke training and pipeline tests cheap.
+    b, size = face.shape[0], face.shape[1]
+    if size % 2:
+      raise ValueError(f"renderer: image side must be even (h2 is half size), got {size}")
+    chex.assert_shape(face, (b, size, size, 3))
+    chex.assert_shape(target_sketches, (b, NUM_DRIVING, size, size, 3))
+    chex.assert_shape([ref_images, ref_sketches], (b, None, size, size, 3))
     # Channel 3*t + c is sketch t's channel c, as the release's torch.cat over time.
-    driving = jnp.moveaxis(target_sketches, 1, 3).reshape(b, IMAGE_SIZE, IMAGE_SIZE, 3 * NUM_DRIVING)
+    driving = jnp.moveaxis(target_sketches, 1, 3).reshape(b, size, size, 3 * NUM_DRIVING)
     warped_h1, warped_h2, warped_ref = DenseFlowNetwork(
         self.use_warping, self.shared_modulation, self.dtype, name="flow_module")(
             ref_images, ref_sketches, driving, train=train)
