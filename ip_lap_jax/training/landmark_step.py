@@ -76,7 +76,7 @@ def train_step(state: state_lib.State, batch: dict[str, jax.Array], *, model: La
   params = optax.apply_updates(state["params"], updates)
   metrics = {"loss": loss, "l1": parts["l1"], "velocity": parts["velocity"]}
   metrics = jax.lax.pmean(metrics, AXIS)
-  metrics.update(grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
+  metrics.update(grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params),
                  learning_rate=schedule(state["step"]))
   new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state,
                    batch_stats=state_lib.reduce_batch_stats(batch_stats, bn_mode))

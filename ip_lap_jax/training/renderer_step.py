@@ -137,8 +137,8 @@ def train_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: di
                                              state["disc_params"])
   disc_params = optax.apply_updates(state["disc_params"], d_updates)
   metrics = jax.lax.pmean(aux, AXIS)
-  metrics.update(grad_norm=optax.global_norm(grads), disc_grad_norm=optax.global_norm(disc_grads),
-                 param_norm=optax.global_norm(params), learning_rate=schedule(state["step"]))
+  metrics.update(grad_norm=optax.tree.norm(grads), disc_grad_norm=optax.tree.norm(disc_grads),
+                 param_norm=optax.tree.norm(params), learning_rate=schedule(state["step"]))
   new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state,
                    disc_params=disc_params, disc_opt_state=disc_opt_state,
                    batch_stats=state_lib.reduce_batch_stats(batch_stats, cfg.batchnorm))

@@ -102,7 +102,7 @@ def step_rng(state: State) -> jax.Array:
 
 
 def global_norm(tree: Any) -> jax.Array:
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)
 
 
 def leading_axis_sharding(devices: list[Any]) -> jax.sharding.NamedSharding:
