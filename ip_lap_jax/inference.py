@@ -399,10 +399,6 @@ class _FrameReader:
 # ---------------------------------------------------------------------- device code
 
 
-def _sub_variables(variables: Mapping[str, Any], name: str) -> dict[str, Any]:
-  return {col: tree[name] for col, tree in variables.items() if name in tree}
-
-
 @functools.partial(jax.jit, static_argnames=("dtype",))
 def _predict_content(variables, mels, pose, ref_pose, ref_content, *, dtype):
   """mels [B, 5, 80, 16, 1], pose [B, 5, 74, 2], refs [Nl, ...] -> content [B, 5, 57, 2]."""
@@ -425,21 +421,12 @@ def _render(variables, faces, sketches, ref_images, ref_sketches, mels, *, dtype
   Returns:
     uint8 [B, S, S, 3], the generated faces truncated to uint8 as the release does.
   """
-  # The Renderer's two submodules, called directly because `Renderer` checks for
-  # 128 x 128 inputs and `render_size` may be smaller (see InferenceOptions).
-  from ip_lap_jax.models.renderer import DenseFlowNetwork, TranslationNetwork, mask_lower_half
+  from ip_lap_jax.models.renderer import Renderer
 
-  b, s = faces.shape[:2]
-  n = ref_images.shape[0]
-  # Channel 3*t + c = sketch t's channel c, as `Renderer` (and the release) stack them.
-  driving = jnp.moveaxis(sketches, 1, 3).reshape(b, s, s, 3 * T)
-  refs = jnp.broadcast_to(ref_images[None], (b, n) + ref_images.shape[1:])
-  ref_sk = jnp.broadcast_to(ref_sketches[None], (b, n) + ref_sketches.shape[1:])
-  h1, h2, warped_ref = DenseFlowNetwork(dtype=dtype).apply(
-      _sub_variables(variables, "flow_module"), refs, ref_sk, driving, train=False)
-  generated = TranslationNetwork(dtype=dtype).apply(
-      _sub_variables(variables, "translation"), mask_lower_half(faces), driving, warped_ref,
-      h1, h2, mels, train=False)
+  b = faces.shape[0]
+  refs = jnp.broadcast_to(ref_images[None], (b,) + ref_images.shape)
+  ref_sk = jnp.broadcast_to(ref_sketches[None], (b,) + ref_sketches.shape)
+  generated, _ = Renderer(dtype=dtype).apply(variables, faces, sketches, refs, ref_sk, mels, train=False)
   return (generated * 255.0).astype(jnp.uint8)
 
 
