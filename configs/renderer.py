@@ -1,8 +1,8 @@
 """Renderer (+ discriminator) training config (official settings by default; REFERENCE s. 6).
 
 Variants (comma-separated `get_config` argument):
-  smoke            batch 2 and 10 steps (both loss phases) for this CPU; the renderer is
-                   fixed at 128x128, so this still takes ~8 minutes (mostly compiling).
+  smoke            64x64 images, batch 2, 10 steps (both loss phases) for this CPU;
+                   a few minutes, mostly compiling.
   no_warp          the paper's ablation without the alignment (warping) module.
   no_audio         the ablation without the audio input (AdaIN) of the translation module.
   refs1/refs5/refs25  number of reference images used at inference and evaluation
@@ -74,6 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "smoke" in variants:
     cfg.batch_size = 2
     cfg.eval_batch_size = 2
+    cfg.data.image_size = 64
     cfg.num_train_steps = 10
     cfg.log_every_steps = 2
     cfg.eval_every_steps = 10
