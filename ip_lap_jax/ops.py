@@ -196,7 +196,8 @@ def avg_pool_3x3_s2_p1_exclude_pad(x: Array) -> Array:
   window = (1, 3, 3, 1)
   strides = (1, 2, 2, 1)
   padding = ((0, 0), (1, 1), (1, 1), (0, 0))
-  total = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, window, strides, padding)
+  # A Python scalar init value: reverse-mode autodiff of reduce_window rejects a traced one.
+  total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, padding)
   ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
-  count = jax.lax.reduce_window(ones, jnp.zeros((), x.dtype), jax.lax.add, window, strides, padding)
+  count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides, padding)
   return total / count

@@ -111,3 +111,12 @@ def test_conv_padding():
   assert ops.conv_padding(3) == ((3, 3), (3, 3))
   assert ops.conv_padding(1, ndim=1) == ((1, 1),)
   assert ops.conv_padding((0, 2)) == ((0, 0), (2, 2))
+
+
+def test_avg_pool_differentiable_under_jit():
+  # The discriminator's downsampling sits on the generator's GAN-loss path.
+  x = jnp.asarray(RNG.standard_normal((1, 9, 7, 2)).astype(np.float32))
+  xt = to_nchw(np.asarray(x)).requires_grad_(True)
+  torch.nn.AvgPool2d(3, stride=2, padding=[1, 1], count_include_pad=False)(xt).pow(2).sum().backward()
+  grad = jax.jit(jax.grad(lambda v: jnp.sum(ops.avg_pool_3x3_s2_p1_exclude_pad(v) ** 2)))(x)
+  np.testing.assert_allclose(np.asarray(grad), from_nchw(xt.grad), atol=1e-5, rtol=0)

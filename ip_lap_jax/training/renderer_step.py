@@ -109,11 +109,7 @@ def train_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: di
     if gan_phase:
       gen_loss = _perceptual(vgg_vars, cfg, generated, face, True)
       g_disc_params = disc_params if quirk else jax.lax.stop_gradient(disc_params)
-      # ops.avg_pool_3x3_s2_p1_exclude_pad gives reduce_window a jnp (traced) init value,
-      # which reverse-mode autodiff rejects under jit; evaluating constants eagerly
-      # makes it a literal. Only D(generated) is differentiated w.r.t. its input.
-      with jax.ensure_compile_time_eval():
-        fake_out = disc.apply({"params": g_disc_params}, generated)
+      fake_out = disc.apply({"params": g_disc_params}, generated)
       gan_loss = losses.lsgan_loss(fake_out, True)
       fm_loss = losses.feature_matching_loss(fake_out, real_out)
       epoch = losses.GAN_START_EPOCH + 1  # the host already decided the phase
