@@ -119,7 +119,7 @@ class TalkingPhoto:
   max_open_px: float
 
   @classmethod
-  def from_photo(cls, photo: np.ndarray, max_open_fraction: float = 0.09) -> "TalkingPhoto":
+  def from_photo(cls, photo: np.ndarray, max_open_fraction: float = 0.14) -> "TalkingPhoto":
     """Detects the face once with Face Mesh; raises ValueError if there is none."""
     import mediapipe as mp  # pylint: disable=import-outside-toplevel
     with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
@@ -151,7 +151,7 @@ class TalkingPhoto:
 
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     ramp = np.clip((ys - lip_line + 1.0) / max(1.0, 0.06 * (chin - lip_line)), 0.0, 1.0)
-    below_chin = np.clip((ys - chin) / max(1.0, 0.35 * (chin - lip_line)), 0.0, 1.0)
+    below_chin = np.clip((ys - chin) / max(1.0, 0.8 * (chin - lip_line)), 0.0, 1.0)
     dy = drop * ramp * (1.0 - below_chin) ** 2 * horizontal(xs)
     frame = cv2.remap(self.photo, xs, ys - dy, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
