@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 def _train(out: pathlib.Path, stage: str, variant: str, overrides: dict[str, Any]) -> dict[str, Any]:
   """One stage through the training library, resumed if its workdir has checkpoints."""
   import importlib  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
   from ip_lap_jax import train_lib  # pylint: disable=import-outside-toplevel
   cfg = importlib.import_module(f"configs.{stage}").get_config(variant)
   for key, value in overrides.items():
@@ -171,7 +173,11 @@ def _train(out: pathlib.Path, stage: str, variant: str, overrides: dict[str, Any
     for name in parents:
       node = node[name]
     node[leaf] = value
-  return cfg, train_lib.train_and_evaluate(cfg, out / "runs" / stage)
+  # All local devices that split the (small) demo batches evenly.
+  devices = jax.local_devices()
+  while cfg.batch_size % len(devices) or cfg.eval_batch_size % len(devices):
+    devices = devices[:-1]
+  return cfg, train_lib.train_and_evaluate(cfg, out / "runs" / stage, devices)
 
 
 def train_both(out: pathlib.Path, prep: pathlib.Path, size: DemoSize, seed: int
