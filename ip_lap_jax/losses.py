@@ -191,8 +191,10 @@ def discriminator_loss(fake_outputs: DiscOutputs, real_outputs: DiscOutputs) -> 
 
 
 def renderer_generator_loss(warp_loss: Array, gen_loss: Array, gan_loss: Array,
-                            fm_loss: Array, epoch: int | Array) -> Array:
-  """Renderer loss: 2.5*warp while epoch <= 25, else 2.5*warp + 4*gen + 0.25*GAN + FM.
+                            fm_loss: Array, epoch: int | Array,
+                            gan_start_epoch: int = GAN_START_EPOCH) -> Array:
+  """Renderer loss: 2.5*warp while epoch <= gan_start_epoch (release: 25), else
+  2.5*warp + 4*gen + 0.25*GAN + FM.
 
   Args:
     warp_loss: perceptual(warped reference, gt), no style.
@@ -203,4 +205,4 @@ def renderer_generator_loss(warp_loss: Array, gen_loss: Array, gan_loss: Array,
   """
   full = 2.5 * warp_loss + 4.0 * gen_loss + 0.1 * 2.5 * gan_loss + fm_loss
   warp_only = 2.5 * warp_loss
-  return jnp.where(jnp.asarray(epoch) > GAN_START_EPOCH, full, warp_only)
+  return jnp.where(jnp.asarray(epoch) > gan_start_epoch, full, warp_only)

@@ -194,3 +194,9 @@ def test_renderer_generator_loss_schedule(epoch):
   traced = jax.jit(losses.renderer_generator_loss)(*(jnp.float32(v) for v in (warp, gen, gan, fm)),
                                                    jnp.int32(epoch))
   assert rel_err(traced, want) <= VALUE_RTOL
+
+
+def test_renderer_generator_loss_start_epoch_is_configurable():
+  terms = [jnp.float32(v) for v in (0.7, 1.3, 0.9, 2.1)]
+  assert float(losses.renderer_generator_loss(*terms, 5, gan_start_epoch=4)) > 2.5 * 0.7 + 1.0
+  assert float(losses.renderer_generator_loss(*terms, 4, gan_start_epoch=4)) == pytest.approx(2.5 * 0.7)

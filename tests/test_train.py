@@ -153,3 +153,34 @@ def test_renderer_training_both_phases(layout, tmp_path):
   assert set(out["eval"]) >= {"eval/psnr", "eval/ssim", "eval/warp_loss", "eval/gen_loss"}
   assert all(np.isfinite(v) for v in out["eval"].values())
   assert len(list((tmp_path / "samples").glob("*.png"))) == 1
+
+
+def test_init_from_converted_official_weights(layout, tmp_path):
+  """Fine-tuning starts from a release checkpoint converted by ip_lap_jax.convert."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  from ip_lap_jax import convert  # pylint: disable=import-outside-toplevel
+  from ip_lap_jax.torch_mirror.common import (  # pylint: disable=import-outside-toplevel
+      randomize_batchnorm_stats, save_official_checkpoint)
+  from ip_lap_jax.torch_mirror.landmark_generator import Landmark_generator  # pylint: disable=import-outside-toplevel
+
+  torch.manual_seed(0)
+  mirror = randomize_batchnorm_stats(Landmark_generator(), seed=1)
+  save_official_checkpoint(mirror, tmp_path / "lmk.pth", data_parallel_prefix=True, training_extras=True)
+  convert.convert_checkpoint(tmp_path / "lmk.pth", tmp_path / "converted")
+  want = convert.load_variables(tmp_path / "converted")
+
+  cfg = _landmark_cfg(layout, 1)
+  cfg.model.nlayers = 4  # the release's depth, as the checkpoint
+  cfg.init_from = str(tmp_path / "converted")
+  state = train_lib._Stage(cfg, jax.devices()[:1]).state  # pylint: disable=protected-access
+  for collection in ("params", "batch_stats"):
+    flat_want = jax.tree_util.tree_leaves_with_path(want[collection])
+    flat_got = dict(jax.tree_util.tree_leaves_with_path(state[collection]))
+    assert len(flat_want) == len(flat_got) > 100
+    for path, value in flat_want:
+      np.testing.assert_array_equal(np.asarray(flat_got[path]), value)
+
+  cfg.model.nlayers = 1  # a checkpoint that does not fit the model fails clearly
+  with pytest.raises(Exception, match="transformer_encoder|layers_1|structure"):
+    train_lib._Stage(cfg, jax.devices()[:1])  # pylint: disable=protected-access

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ip_lap_jax.torch_mirror.landmark_generator import mel_encoder
 from ip_lap_jax.torch_mirror.vgg import PerceptualNetworkTorch
 
 
@@ -80,34 +81,6 @@ class AdaINTorch(nn.Module):
   def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     x = self.conv_1(self.leaky_relu(self.adain_layer_1(x, m)))
     return self.conv_2(self.leaky_relu(self.adain_layer_2(x, m)))
-
-
-class ConvBNTorch(nn.Module):
-  """The release's `Conv2d` wrapper: conv_block = (Conv2d, BatchNorm2d), (+x), ReLU."""
-
-  def __init__(self, cin: int, cout: int, kernel_size: int, stride, padding: int,
-               residual: bool = False):
-    super().__init__()
-    self.conv_block = nn.Sequential(nn.Conv2d(cin, cout, kernel_size, stride, padding),
-                                    nn.BatchNorm2d(cout))
-    self.act = nn.ReLU()
-    self.residual = residual
-
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    out = self.conv_block(x)
-    if self.residual:
-      out = out + x
-    return self.act(out)
-
-
-def audio_encoder_torch() -> nn.Sequential:
-  """13-layer mel stack ending in ReLU: (B, 1, 80, 16) -> (B, 512, 1, 1)."""
-  spec = [(1, 32, 3, 1, 1, False), (32, 32, 3, 1, 1, True), (32, 32, 3, 1, 1, True),
-          (32, 64, 3, (3, 1), 1, False), (64, 64, 3, 1, 1, True), (64, 64, 3, 1, 1, True),
-          (64, 128, 3, 3, 1, False), (128, 128, 3, 1, 1, True), (128, 128, 3, 1, 1, True),
-          (128, 256, 3, (3, 2), 1, False), (256, 256, 3, 1, 1, True),
-          (256, 512, 3, 1, 0, False), (512, 512, 1, 1, 0, False)]
-  return nn.Sequential(*[ConvBNTorch(*row) for row in spec])
 
 
 def nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -180,7 +153,7 @@ class TranslationNetworkTorch(nn.Module):
 
   def __init__(self):
     super().__init__()
-    self.audio_encoder = audio_encoder_torch()
+    self.audio_encoder = mel_encoder(final_act="ReLU")  # the mel stack, ending in ReLU
     self.conv1 = nn.Conv2d(18, 32, 7, 1, 3, bias=False)
     self.conv1_bn = nn.BatchNorm2d(32)
     self.conv1_relu = nn.ReLU()

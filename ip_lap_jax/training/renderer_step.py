@@ -112,14 +112,15 @@ def train_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: di
       fake_out = disc.apply({"params": g_disc_params}, generated)
       gan_loss = losses.lsgan_loss(fake_out, True)
       fm_loss = losses.feature_matching_loss(fake_out, real_out)
-      epoch = losses.GAN_START_EPOCH + 1  # the host already decided the phase
+      epoch = cfg.loss.gan_start_epoch + 1  # the host already decided the phase
     else:
       # Logged only, as the release's 0 * perceptual_gen_loss.
       gen_loss = jax.lax.stop_gradient(
           _perceptual(vgg_vars, cfg, generated, face, True))
       gan_loss = fm_loss = jnp.zeros((), jnp.float32)
       epoch = 0
-    g_loss = losses.renderer_generator_loss(warp_loss, gen_loss, gan_loss, fm_loss, epoch)
+    g_loss = losses.renderer_generator_loss(warp_loss, gen_loss, gan_loss, fm_loss, epoch,
+                                            gan_start_epoch=cfg.loss.gan_start_epoch)
     aux = {"g_loss": g_loss, "d_loss": d_loss, "warp_loss": warp_loss, "gen_loss": gen_loss,
            "gan_loss": gan_loss, "fm_loss": fm_loss}
     return g_loss + d_loss, (aux, updates["batch_stats"])
