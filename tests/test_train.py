@@ -184,3 +184,40 @@ def test_init_from_converted_official_weights(layout, tmp_path):
   cfg.model.nlayers = 1  # a checkpoint that does not fit the model fails clearly
   with pytest.raises(Exception, match="transformer_encoder|layers_1|structure"):
     train_lib._Stage(cfg, jax.devices()[:1])  # pylint: disable=protected-access
+
+
+def test_sync_batchnorm_covers_the_renderers_grouped_batchnorm():
+  """batchnorm='sync' on 8 devices == one device on the whole batch, for the flow module's
+  GroupedBatchNorm too (outputs and running statistics)."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+  from ip_lap_jax.models.renderer import GroupedBatchNorm  # pylint: disable=import-outside-toplevel
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, train):
+      return GroupedBatchNorm(name="bn")(x, train=train)
+
+  rng = np.random.default_rng(0)
+  x = (2.0 + rng.standard_normal((2, 16, 4, 4, 3))).astype(np.float32)  # [G, B, H, W, C]
+  block = Block()
+  variables = block.init(jax.random.PRNGKey(0), x, train=False)
+
+  def run(v, xs):
+    with state_lib.batchnorm_mode("sync"):
+      return block.apply(v, xs, train=True, mutable=["batch_stats"])
+
+  want, want_stats = block.apply(variables, x, train=True, mutable=["batch_stats"])
+  devices = jax.devices()[:8]
+  shards = np.stack(np.split(x, 8, axis=1))  # [8, G, B/8, H, W, C]
+  got, got_stats = jax.pmap(run, axis_name=state_lib.AXIS, devices=devices)(
+      state_lib.replicate(variables, devices), shards)
+  np.testing.assert_allclose(np.concatenate(list(np.asarray(got)), axis=1), want, atol=1e-5)
+  for name in ("mean", "var"):
+    np.testing.assert_allclose(np.asarray(got_stats["batch_stats"]["bn"][name])[3],
+                               want_stats["batch_stats"]["bn"][name], rtol=1e-5)
+  # Without sync, each device normalises with its own shard's statistics: different.
+  local, _ = jax.pmap(lambda v, xs: block.apply(v, xs, train=True, mutable=["batch_stats"]),
+                      axis_name=state_lib.AXIS, devices=devices)(
+      state_lib.replicate(variables, devices), shards)
+  assert not np.allclose(np.concatenate(list(np.asarray(local)), axis=1), want, atol=1e-3)

@@ -54,10 +54,13 @@ class GroupedBatchNorm(nn.Module):
   Attributes:
     dtype: compute dtype; statistics are taken in float32.
     epsilon: 1e-5 as in PyTorch.
+    axis_name: when set (inside pmap), training statistics are averaged over that axis:
+      synchronised BatchNorm, as one large batch split evenly over the devices.
   """
 
   dtype: Any = jnp.float32
   epsilon: float = 1e-5
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -70,9 +73,15 @@ class GroupedBatchNorm(nn.Module):
     x32 = x.astype(jnp.float32)
     if train:
       mean = jnp.mean(x32, axis=(1, 2, 3), keepdims=True)  # [G, 1, 1, 1, C]
+      devices = 1
+      if self.axis_name is not None:
+        mean = jax.lax.pmean(mean, self.axis_name)
+        devices = jax.lax.psum(1, self.axis_name)
       var = jnp.mean(jnp.square(x32 - mean), axis=(1, 2, 3), keepdims=True)
+      if self.axis_name is not None:
+        var = jax.lax.pmean(var, self.axis_name)
       if not self.is_initializing():
-        count = x.shape[1] * x.shape[2] * x.shape[3]
+        count = x.shape[1] * x.shape[2] * x.shape[3] * devices
         unbiased = var[:, 0, 0, 0] * (count / max(count - 1, 1))
         new_mean, new_var = ra_mean.value, ra_var.value
         for g in range(x.shape[0]):  # G is small (N references); sequential as in the loop

@@ -47,21 +47,29 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int
 
 
 def _sync_batchnorm_interceptor(next_fun, args, kwargs, context):
-  """Runs every training-mode nn.BatchNorm with statistics averaged over AXIS.
+  """Runs every training-mode BatchNorm (nn.BatchNorm, GroupedBatchNorm) with statistics
+  averaged over AXIS.
 
   The models do not expose BatchNorm's `axis_name`; an unbound clone with it is applied
   to the same variables and its updated statistics written back.
   """
+  from ip_lap_jax.models.renderer import GroupedBatchNorm  # pylint: disable=g-import-not-at-top
+
   module = context.module
-  if (not isinstance(module, nn.BatchNorm) or context.method_name != "__call__"
+  if (not isinstance(module, (nn.BatchNorm, GroupedBatchNorm)) or context.method_name != "__call__"
       or module.axis_name is not None or module.is_initializing()):
     return next_fun(*args, **kwargs)
-  use_running_average = nn.merge_param(
-      "use_running_average", module.use_running_average, kwargs.get("use_running_average"))
-  if use_running_average:
-    return next_fun(*args, **kwargs)
-  kwargs = {k: v for k, v in kwargs.items() if k != "use_running_average"}
-  clone = module.clone(parent=None, axis_name=AXIS, use_running_average=False)
+  if isinstance(module, GroupedBatchNorm):  # the renderer's flow module: `train` keyword
+    if not kwargs.get("train"):
+      return next_fun(*args, **kwargs)
+    clone = module.clone(parent=None, axis_name=AXIS)
+  else:
+    use_running_average = nn.merge_param(
+        "use_running_average", module.use_running_average, kwargs.get("use_running_average"))
+    if use_running_average:
+      return next_fun(*args, **kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k != "use_running_average"}
+    clone = module.clone(parent=None, axis_name=AXIS, use_running_average=False)
   variables = {"params": module.variables.get("params", {}),
                "batch_stats": module.variables["batch_stats"]}
   y, updates = clone.apply(variables, *args, mutable=["batch_stats"], **kwargs)
