@@ -215,6 +215,16 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     raise MediaError(path, f"cannot decode: {e}") from e
 
 
+def as_bgr_frame(frame_bgr: np.ndarray, where: str) -> np.ndarray:
+  """Checks a frame is BGR uint8 `[H, W, 3]` (ValueError naming `where` if not)."""
+  frame_bgr = np.asarray(frame_bgr)
+  chex.assert_rank(frame_bgr, 3)
+  chex.assert_type(frame_bgr, np.uint8)
+  if frame_bgr.shape[2] != 3:
+    raise ValueError(f"{where}: frames must be BGR [H, W, 3], got shape {frame_bgr.shape}")
+  return frame_bgr
+
+
 class VideoWriter:
   """Writes BGR uint8 frames as an H.264 (libx264, yuv420p) mp4, audio muxed on close.
 
@@ -297,12 +307,8 @@ class VideoWriter:
 
     if self._closed:
       raise RuntimeError(f"{self.path}: writer already closed")
-    frame_bgr = np.asarray(frame_bgr)
-    chex.assert_rank(frame_bgr, 3)
-    chex.assert_type(frame_bgr, np.uint8)
-    height, width, channels = frame_bgr.shape
-    if channels != 3:
-      raise ValueError(f"{self.path}: frames must be [H, W, 3] BGR, got shape {frame_bgr.shape}")
+    frame_bgr = as_bgr_frame(frame_bgr, self.path)
+    height, width, _ = frame_bgr.shape
     if self._size is None:
       self._size = (height, width)
       self._start(height, width)

@@ -35,9 +35,10 @@ import os
 import sys
 from typing import Sequence
 
-import chex
 import cv2
 import numpy as np
+
+from ip_lap_jax import video
 
 PAYLOAD = b"IPLJ"
 PAYLOAD_BITS = np.unpackbits(np.frombuffer(PAYLOAD, np.uint8))  # [32] of 0/1
@@ -57,12 +58,7 @@ def _to_yuv(frame_bgr: np.ndarray) -> np.ndarray:
 
 
 def _check_frame(frame_bgr: np.ndarray) -> tuple[int, int]:
-  frame_bgr = np.asarray(frame_bgr)
-  chex.assert_rank(frame_bgr, 3)
-  chex.assert_type(frame_bgr, np.uint8)
-  h, w, c = frame_bgr.shape
-  if c != 3:
-    raise ValueError(f"expected a BGR frame [H, W, 3], got shape {frame_bgr.shape}")
+  h, w, _ = video.as_bgr_frame(frame_bgr, "watermark").shape
   if (h // 8) * (w // 8) < _MIN_BLOCKS:
     raise ValueError(f"frame {h}x{w} too small to carry the watermark "
                      f"(needs (H//8)*(W//8) >= {_MIN_BLOCKS}, e.g. 96x96)")
@@ -194,8 +190,6 @@ def detect_video(path: str | os.PathLike[str], max_frames: int = 50) -> Watermar
   Raises:
     MediaError: unreadable file.
   """
-  from ip_lap_jax import video
-
   path = os.fspath(path)
   total = np.zeros(PAYLOAD_BITS.size)
   frames = 0
@@ -220,8 +214,6 @@ def embed_video(src: str | os.PathLike[str], dst: str | os.PathLike[str], crf: i
   Returns:
     The number of frames written.
   """
-  from ip_lap_jax import video
-
   audio_path = src if not video.is_image(src) and video.probe(src).has_audio else None
   with video.VideoWriter(dst, audio_path=audio_path, metadata=METADATA, crf=crf) as writer:
     for frame in video.iter_frames(src):
