@@ -110,6 +110,26 @@ def _time_alternately(run_jax: Callable[[], Any], run_torch: Callable[[], Any], 
   return jax_times, torch_times
 
 
+def _first_call(apply: Callable, *args) -> tuple[Any, float]:
+  """(output, seconds) of the first call of a jitted function: compile + run."""
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(apply(*args))
+  return out, time.perf_counter() - t0
+
+
+def _speed_fields(run_jax: Callable[[], Any], run_torch: Callable[[], Any], batch: int,
+                  repeats: int, budget_s: float) -> dict:
+  """Per-frame times of both frameworks (best of the repeats) and their ratios."""
+  jax_times, torch_times = _time_alternately(run_jax, run_torch, repeats, budget_s)
+  jax_ms = 1e3 * min(jax_times) / batch
+  torch_ms = 1e3 * min(torch_times) / batch
+  return {
+      "jax_ms_per_frame": jax_ms, "torch_ms_per_frame": torch_ms, "speedup": torch_ms / jax_ms,
+      "speedup_median": statistics.median(torch_times) / statistics.median(jax_times),
+      "jax_times_s": jax_times, "torch_times_s": torch_times,
+  }
+
+
 def bench_renderer(refs: int, batch: int, repeats: int, budget_s: float,
                    mirror: RendererTorch, variables: dict) -> dict:
   rng = np.random.default_rng(0)
@@ -125,9 +145,7 @@ def bench_renderer(refs: int, batch: int, repeats: int, budget_s: float,
 
   model = Renderer()
   apply = jax.jit(lambda v, *a: model.apply(v, *a, train=False))
-  t0 = time.perf_counter()
-  jax_out = jax.block_until_ready(apply(variables, *jax_inputs))
-  compile_s = time.perf_counter() - t0
+  jax_out, compile_s = _first_call(apply, variables, *jax_inputs)
 
   def run_torch():
     with torch.no_grad():
@@ -137,20 +155,15 @@ def bench_renderer(refs: int, batch: int, repeats: int, budget_s: float,
   torch_flops, torch_out = _torch_flops(mirror, run_torch)
   err = max(float(np.max(np.abs(np.asarray(j) - _channels_last(t))))
             for j, t in zip(jax_out, torch_out))
-  jax_times, torch_times = _time_alternately(
-      lambda: jax.block_until_ready(apply(variables, *jax_inputs)), run_torch, repeats, budget_s)
+  speed = _speed_fields(lambda: jax.block_until_ready(apply(variables, *jax_inputs)), run_torch,
+                        batch, repeats, budget_s)
 
   def flops_of(shared: bool) -> float:
     m = Renderer(shared_modulation=shared)
     return _jax_flops(lambda v, *a: m.apply(v, *a, train=False), variables, *jax_inputs)
 
-  jax_ms = 1e3 * min(jax_times) / batch
-  torch_ms = 1e3 * min(torch_times) / batch
   return {
-      "model": "renderer", "refs": refs, "batch": batch,
-      "jax_ms_per_frame": jax_ms, "torch_ms_per_frame": torch_ms, "speedup": torch_ms / jax_ms,
-      "speedup_median": statistics.median(torch_times) / statistics.median(jax_times),
-      "jax_times_s": jax_times, "torch_times_s": torch_times, "jax_compile_s": compile_s,
+      "model": "renderer", "refs": refs, "batch": batch, **speed, "jax_compile_s": compile_s,
       "max_abs_diff": err,
       "gflop_per_frame_jax_shared": flops_of(True) / batch / 1e9,
       "gflop_per_frame_jax_per_reference": flops_of(False) / batch / 1e9,
@@ -175,9 +188,7 @@ def bench_landmark_generator(batch: int, repeats: int, budget_s: float) -> dict:
   model = LandmarkGenerator()
   fn = lambda v, *a: model.apply(v, *a, train=False)  # noqa: E731
   apply = jax.jit(fn)
-  t0 = time.perf_counter()
-  jax_out = jax.block_until_ready(apply(variables, *jax_inputs))
-  compile_s = time.perf_counter() - t0
+  jax_out, compile_s = _first_call(apply, variables, *jax_inputs)
 
   def run_torch():
     with torch.no_grad():
@@ -185,18 +196,13 @@ def bench_landmark_generator(batch: int, repeats: int, budget_s: float) -> dict:
 
   torch_out = run_torch().numpy().transpose(0, 2, 1).reshape(batch, t, 57, 2)
   err = float(np.max(np.abs(np.asarray(jax_out) - torch_out)))
-  jax_times, torch_times = _time_alternately(
-      lambda: jax.block_until_ready(apply(variables, *jax_inputs)), run_torch, repeats, budget_s)
   # One landmark-generator window yields the content of T frames, but inference uses one
   # window per output frame: "per frame" here means per window.
-  jax_ms = 1e3 * min(jax_times) / batch
-  torch_ms = 1e3 * min(torch_times) / batch
+  speed = _speed_fields(lambda: jax.block_until_ready(apply(variables, *jax_inputs)), run_torch,
+                        batch, repeats, budget_s)
   return {
-      "model": "landmark_generator", "batch": batch, "T": t, "Nl": nl,
-      "jax_ms_per_frame": jax_ms, "torch_ms_per_frame": torch_ms, "speedup": torch_ms / jax_ms,
-      "speedup_median": statistics.median(torch_times) / statistics.median(jax_times),
-      "jax_times_s": jax_times, "torch_times_s": torch_times, "jax_compile_s": compile_s,
-      "max_abs_diff": err,
+      "model": "landmark_generator", "batch": batch, "T": t, "Nl": nl, **speed,
+      "jax_compile_s": compile_s, "max_abs_diff": err,
       "gflop_per_frame_jax": _jax_flops(fn, variables, *jax_inputs) / batch / 1e9,
   }
 
