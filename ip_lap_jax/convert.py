@@ -20,6 +20,10 @@ Special cases (everything the rule alone does not cover):
     kept in `extras` / provenance.json so torch -> Flax -> torch is lossless.
   * VGG19: `perceptual.model.network.<i>` (renderer checkpoint) and torchvision
     `features.<i>` both map to the `network_<i>` tree of `VGG19Features`.
+  * FID Inception (`inception`): pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`, a
+    bare state_dict (`Conv2d_1a_3x3.conv.weight`, `Mixed_7c.branch_pool.bn.running_var`,
+    `fc.weight`, ...) follows the rule as it is; the file may lack `num_batches_tracked`
+    (saved before PyTorch had it), which is fine. `export_state_dict` writes it back bare.
   * Reverse direction: a trailing `_<n>` is an index only after the names in
     `_INDEXED_CONTAINERS` (nn.Sequential / nn.ModuleList attributes of the release);
     `spade_layer_1`, `conv_1`, ... are attribute names and stay as they are.
@@ -27,8 +31,9 @@ Special cases (everything the rule alone does not cover):
 torch is imported lazily, inside the functions that read or write .pth files only.
 
 CLI: python -m ip_lap_jax.convert --src X.pth --out DIR [--model NAME]
-writes DIR/variables (orbax: params + batch_stats), DIR/vgg19 (renderer checkpoints only)
-and DIR/provenance.json, atomically (a temp dir renamed into place).
+(NAME one of MODELS, detected from the keys when left out) writes DIR/variables (orbax:
+params + batch_stats), DIR/vgg19 (renderer checkpoints only) and DIR/provenance.json,
+atomically (a temp dir renamed into place).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-MODELS = ("landmark_generator", "renderer", "discriminator", "vgg19")
+MODELS = ("landmark_generator", "renderer", "discriminator", "vgg19", "inception")
 PE_KEYS = ("fusion_transformer.position_v.pe", "fusion_transformer.position_a.pe")
 NBT = "num_batches_tracked"
 _MODULE_PREFIX = "module."
@@ -321,6 +326,8 @@ def detect_model(keys: Any) -> str:
     return "discriminator"
   if firsts <= {"features", "network", "perceptual"} and keys:
     return "vgg19"
+  if {"Conv2d_1a_3x3", "Mixed_7c"} & firsts:
+    return "inception"
   raise ConversionError(f"cannot tell which model these keys belong to: {sorted(firsts)[:10]}")
 
 
@@ -349,6 +356,9 @@ def model_template(model: str) -> dict[str, Any]:
   if model == "vgg19":
     from ip_lap_jax.models.vgg import VGG19Features
     return jax.eval_shape(lambda k: VGG19Features().init(k, jnp.zeros((1, 64, 64, 3), f32)), key)
+  if model == "inception":
+    from ip_lap_jax.models.inception import InceptionV3
+    return jax.eval_shape(lambda k: InceptionV3().init(k, jnp.zeros((1, 299, 299, 3), f32)), key)
   raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
 
 
@@ -524,6 +534,8 @@ def export_state_dict(
 ) -> None:
   """Writes Flax variables as an official-format .pth (`{'state_dict': ...}`).
 
+  An `inception` is written as a bare state_dict, the format of pytorch-fid's file.
+
   Args:
     variables: the model's {'params', 'batch_stats'?}.
     path: output .pth.
@@ -553,15 +565,17 @@ def export_state_dict(
   tensors = {prefix + k: torch.from_numpy(np.array(v)) for k, v in state.items()}
   path = pathlib.Path(path)
   tmp = path.with_name(f".{path.name}.tmp")
-  torch.save({"state_dict": tensors}, tmp)
+  torch.save(tensors if model == "inception" else {"state_dict": tensors}, tmp)
   os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m ip_lap_jax.convert",
-      description="Convert an official IP_LAP PyTorch checkpoint to an orbax checkpoint.")
-  parser.add_argument("--src", required=True, help="release .pth file")
+      description="Convert an official IP_LAP PyTorch checkpoint (or pytorch-fid's FID "
+                  "Inception weights, for eval/fid) to an orbax checkpoint.")
+  parser.add_argument("--src", required=True,
+                      help="release .pth file, or pt_inception-2015-12-05-6726825d.pth")
   parser.add_argument("--out", required=True, help="output directory (must not exist)")
   parser.add_argument("--model", choices=MODELS, default=None,
                       help="model (default: detected from the keys)")

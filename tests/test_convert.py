@@ -13,6 +13,7 @@ import torch
 from ip_lap_jax import convert
 from ip_lap_jax.torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint
 from ip_lap_jax.torch_mirror.discriminator import MultiscaleDiscriminatorTorch
+from ip_lap_jax.torch_mirror.inception import FIDInceptionV3Torch
 from ip_lap_jax.torch_mirror.landmark_generator import Landmark_generator
 from ip_lap_jax.torch_mirror.renderer import RendererTorch
 from ip_lap_jax.torch_mirror.vgg import vgg19_features
@@ -28,6 +29,8 @@ def _mirror_state_dict(model: str) -> dict[str, torch.Tensor]:
     module = RendererTorch()
   elif model == "discriminator":
     module = MultiscaleDiscriminatorTorch()
+  elif model == "inception":
+    module = FIDInceptionV3Torch()
   else:
     return {f"features.{k}": v for k, v in vgg19_features().state_dict().items()}
   return randomize_batchnorm_stats(module, seed=1).state_dict()

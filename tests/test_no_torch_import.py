@@ -12,8 +12,10 @@ def test_no_torch_at_import():
   code = (
       "import sys\n"
       "import ip_lap_jax, ip_lap_jax.convert, ip_lap_jax.models.layers\n"
-      "import ip_lap_jax.models.landmark_generator\n"
+      "import ip_lap_jax.models.landmark_generator, ip_lap_jax.models.inception\n"
+      "import ip_lap_jax.training.metrics\n"
       "ip_lap_jax.convert.model_template('landmark_generator')\n"
+      "ip_lap_jax.convert.model_template('inception')\n"
       "print('torch' in sys.modules)\n"
   )
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO_ROOT)}
