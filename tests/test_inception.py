@@ -1,16 +1,19 @@
-"""FID Inception: the Flax network vs a PyTorch mirror, and its conversion."""
+"""FID: the Inception feature extractor (vs a PyTorch mirror), its conversion, and piq's
+FID formula (vs a float64 numpy transcription and scipy)."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 from ip_lap_jax import convert
 from ip_lap_jax.models.inception import FEATURE_DIM, InceptionV3
 from ip_lap_jax.torch_mirror.common import randomize_batchnorm_stats
 from ip_lap_jax.torch_mirror.inception import FIDInceptionV3Torch
+from ip_lap_jax.training import metrics
 
 
 def _mirror(seed: int = 0) -> FIDInceptionV3Torch:
@@ -108,3 +111,91 @@ def test_export_writes_pytorch_fids_bare_format(converted, mirror, tmp_path):
   for key, value in mirror.state_dict().items():
     if not key.endswith("num_batches_tracked"):
       assert torch.equal(reloaded[key], value), key
+
+
+# ----------------------------------------------------------------------------- FID formula
+
+
+def _piq_fid_numpy(x: np.ndarray, y: np.ndarray) -> float:
+  """piq 0.8's FID().compute_metric(x, y) transcribed to float64 numpy, loop and all."""
+
+  def stats(f):
+    m = f.T - f.T.mean(axis=1, keepdims=True)
+    return f.mean(axis=0), (m @ m.T) / (f.shape[0] - 1)
+
+  def sqrtm(a):
+    norm = np.linalg.norm(a)
+    y_, z = a / norm, np.eye(len(a))
+    for _ in range(100):
+      t = 0.5 * (3.0 * np.eye(len(a)) - z @ y_)
+      y_, z = y_ @ t, t @ z
+      s = y_ * np.sqrt(norm)
+      if np.linalg.norm(a - s @ s) / norm <= 1e-5:
+        break
+    return s
+
+  with np.errstate(all="ignore"):  # the singular case runs on NaNs, as piq does
+    (mx, sx), (my, sy) = stats(np.float64(x)), stats(np.float64(y))
+    covmean = sqrtm(sx @ sy)
+    if not np.isfinite(covmean).all():
+      offset = np.eye(len(sx)) * 1e-6
+      covmean = sqrtm((sx + offset) @ (sy + offset))
+  d = mx - my
+  return float(d @ d + np.trace(sx) + np.trace(sy) - 2 * np.trace(covmean))
+
+
+def _exact_fid(x: np.ndarray, y: np.ndarray) -> float:
+  """pytorch-fid's formula: exact matrix square root (scipy), real part."""
+  mx, my = x.mean(0), y.mean(0)
+  sx, sy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+  covmean = scipy.linalg.sqrtm(sx @ sy).real
+  return float((mx - my) @ (mx - my) + np.trace(sx) + np.trace(sy) - 2 * np.trace(covmean))
+
+
+def _features(n: int, d: int, seed: int, shift: float = 0.0) -> np.ndarray:
+  """Non-negative, correlated features (like post-ReLU pool features), float32."""
+  rng = np.random.default_rng(seed)
+  base = np.abs(np.random.default_rng(99).normal(size=(1, d)))
+  mix = rng.normal(size=(d, d)) / np.sqrt(d)
+  return np.abs(base + shift + 0.3 * rng.normal(size=(n, d)) @ mix).astype(np.float32)
+
+
+@pytest.mark.parametrize("n,d", [(64, 256), (512, 32)])  # fewer / more samples than dims
+def test_fid_matches_piq_and_exact_root(n, d):
+  x, y = _features(n, d, 1, shift=0.05), _features(n, d, 2)
+  got = metrics.fid(x, y)
+  want = _piq_fid_numpy(x, y)
+  exact = _exact_fid(np.float64(x), np.float64(y))
+  print(f"fid n={n} d={d}: {got:.9g}; vs numpy piq {abs(got - want):.3g}, "
+        f"vs exact root {abs(got - exact):.3g}")
+  assert got > 1e-3
+  assert abs(got - want) <= 1e-9 * max(1.0, abs(want))  # same float64 algorithm
+  # Newton-Schulz stops at 1e-5 relative error of A = S S.
+  trace_scale = float(np.trace(np.cov(np.float64(x), rowvar=False)))
+  assert abs(got - exact) <= 1e-5 * trace_scale
+
+
+def test_fid_of_identical_sets_is_about_zero():
+  x = _features(64, 256, 3)
+  trace_scale = float(np.trace(np.cov(np.float64(x), rowvar=False)))
+  value = metrics.fid(x, x)
+  print(f"fid of identical sets {value:.3g} (trace of the covariance {trace_scale:.3g})")
+  assert abs(value) <= 1e-5 * trace_scale
+  assert value == pytest.approx(_piq_fid_numpy(x, x), abs=1e-9 * trace_scale)
+
+
+def test_fid_singular_product_takes_piqs_retry():
+  # Constant features: a zero covariance product, whose Newton-Schulz root is NaN; piq then
+  # adds 1e-6 to both diagonals: fid = |mu_x - mu_y|^2 - 2 * D * 1e-6.
+  x = np.full((4, 8), 0.5, np.float32)
+  y = np.full((3, 8), 0.25, np.float32)
+  value = metrics.fid(x, y)
+  assert value == pytest.approx(8 * 0.25 ** 2 - 2 * 8 * 1e-6, abs=1e-12)
+  assert value == pytest.approx(_piq_fid_numpy(x, y), abs=1e-12)
+
+
+def test_fid_rejects_what_piq_cannot_compute():
+  with pytest.raises(ValueError, match="at least 2"):
+    metrics.fid(np.ones((1, 4)), np.ones((3, 4)))
+  with pytest.raises(ValueError, match=r"\[N, D\]"):
+    metrics.fid(np.ones((3, 4)), np.ones((3, 5)))
