@@ -13,6 +13,16 @@ Run:
       --config.data.face_root=... --config.data.sketch_root=... --config.data.audio_root=...
   Smoke: --config=configs/renderer.py:smoke.
   The release trained at batch 96 on 4 GPUs until FID ~ 20 on the LRS2 test list.
+
+FID (eval/fid): off by default. Convert pytorch-fid's FID Inception weights once,
+  python -m ip_lap_jax.convert --model inception \
+      --src pt_inception-2015-12-05-6726825d.pth --out CKPT/inception
+and add --config.fid_inception_from=CKPT/inception. Each eval batch then also runs the
+Inception on its ground-truth and generated images (inside the jitted eval step) and the
+host computes piq's FID between them (float64, Newton-Schulz square root); eval/fid is
+the mean over the `eval_num_batches` batches, as the release's evaluation averages its
+per-batch FIDs. A per-batch FID depends on the batch size: compare runs at the release's
+eval batch of 96. Unset: no Inception is loaded or run.
 """
 
 from __future__ import annotations
@@ -39,6 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   cfg.discriminator = ml_collections.ConfigDict(dict(ndf=64, n_layers=3, num_d=2))
   # Converted VGG19 weights (a converted renderer checkpoint carries them, or torchvision's).
   cfg.vgg_from = ""
+  # Converted FID Inception weights (`--model inception`): enables eval/fid (see above).
+  cfg.fid_inception_from = ""
 
   cfg.data = ml_collections.ConfigDict(dict(
       face_root="", sketch_root="", audio_root="",

@@ -2,7 +2,8 @@
 
 Data: grain loaders over the official layout (ip_lap_jax.data), one pmapped train step
 per stage (ip_lap_jax.training), orbax checkpoints with the data-iterator state (exact
-resume), periodic evaluation on the test list, TensorBoard events under
+resume), periodic evaluation on the test list (renderer: also FID when
+`config.fid_inception_from` names converted Inception weights), TensorBoard events under
 `<workdir>/tensorboard`, sample grids under `<workdir>/samples`, a tqdm progress bar.
 """
 
@@ -58,6 +59,23 @@ def _load_converted(directory: str, item: str, template: dict[str, Any], what: s
   return tree
 
 
+def _load_fid_inception(directory: str) -> dict[str, Any]:
+  """Converted FID Inception variables from `config.fid_inception_from`, checked."""
+  from ip_lap_jax import convert  # pylint: disable=g-import-not-at-top
+  how = ("convert pytorch-fid's pt_inception-2015-12-05-6726825d.pth with "
+         "`python -m ip_lap_jax.convert --model inception --src ... --out DIR`")
+  path = pathlib.Path(directory)
+  if not path.is_dir():
+    raise FileNotFoundError(f"config.fid_inception_from={directory}: no such directory ({how})")
+  if (path / "provenance.json").is_file():
+    model = convert.read_provenance(path).get("model")
+    if model != "inception":
+      raise ValueError(f"config.fid_inception_from={directory} holds a converted {model!r}, "
+                       f"not the FID Inception ({how})")
+  return _load_converted(directory, "variables", convert.model_template("inception"),
+                         "FID Inception")
+
+
 class _Stage:
   """What differs between the stages: state init, compiled steps, evaluation."""
 
@@ -68,7 +86,8 @@ class _Stage:
     self.tx, self.schedule = state_lib.make_optimizer(cfg.optimizer, total)
     rng = jax.random.PRNGKey(cfg.seed)
     init_rng, self.state_rng = jax.random.split(rng)
-    self.extra = None  # renderer: replicated VGG19 variables
+    self.extra = None  # renderer: VGG19 variables
+    self.inception = None  # renderer with FID: replicated FID Inception variables
     if cfg.stage == "landmark_generator":
       from ip_lap_jax.training import landmark_step as steps  # pylint: disable=g-import-not-at-top
       variables = steps.init_variables(cfg, init_rng)
@@ -78,6 +97,11 @@ class _Stage:
       self.train_steps, self.eval_step = steps.make_steps(cfg, self.tx, self.schedule, devices)
     else:
       from ip_lap_jax.training import renderer_step as steps  # pylint: disable=g-import-not-at-top
+      if cfg.fid_inception_from:  # first: a bad path fails before minutes of compiling
+        if cfg.eval_batch_size < 2:
+          raise ValueError("FID needs eval_batch_size >= 2 (a covariance per eval batch)")
+        self.inception = state_lib.replicate(_load_fid_inception(cfg.fid_inception_from),
+                                             devices)
       self.disc_tx, _ = state_lib.make_optimizer(cfg.disc_optimizer, total)
       gen_vars, disc_vars, vgg_vars = steps.init_variables(cfg, init_rng)
       if cfg.init_from:
@@ -103,13 +127,19 @@ class _Stage:
     count = 0
     grid = None
     for _, batch in batches:
+      features = None
       if self.cfg.stage == "landmark_generator":
         m = self.eval_step(state, batch)
       else:
-        m, images = self.eval_step(state, batch, self.extra)
+        m, images, features = self.eval_step(state, batch, self.extra, self.inception)
         if grid is None:
           grid = _renderer_grid(images, self.cfg.num_sample_images)
       m = jax.device_get(state_lib.unreplicate(m))
+      if features:
+        # One FID per eval batch (the global batch), averaged over the eval batches below,
+        # as the release's evaluate() averages compute_generation_quality's.
+        features = state_lib.unreplicate(features)
+        m["fid"] = metrics_lib.fid(features["generated"], features["gt"])
       for k, v in m.items():
         sums[k] = sums.get(k, 0.0) + float(v)
       count += 1

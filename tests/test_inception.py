@@ -1,19 +1,27 @@
-"""FID: the Inception feature extractor (vs a PyTorch mirror), its conversion, and piq's
-FID formula (vs a float64 numpy transcription and scipy)."""
+"""FID: the Inception feature extractor (vs a PyTorch mirror), its conversion, piq's FID
+formula (vs a float64 numpy transcription and scipy), and eval/fid in renderer training."""
 
 from __future__ import annotations
 
+import json
+import time
+
+import cv2
 import jax
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
 
-from ip_lap_jax import convert
+from configs import renderer as ren_config
+from ip_lap_jax import convert, train_lib
+from ip_lap_jax.data import pipeline
 from ip_lap_jax.models.inception import FEATURE_DIM, InceptionV3
 from ip_lap_jax.torch_mirror.common import randomize_batchnorm_stats
 from ip_lap_jax.torch_mirror.inception import FIDInceptionV3Torch
 from ip_lap_jax.training import metrics
+from ip_lap_jax.training import state as state_lib
+from tests import train_fixtures
 
 
 def _mirror(seed: int = 0) -> FIDInceptionV3Torch:
@@ -199,3 +207,87 @@ def test_fid_rejects_what_piq_cannot_compute():
     metrics.fid(np.ones((1, 4)), np.ones((3, 4)))
   with pytest.raises(ValueError, match=r"\[N, D\]"):
     metrics.fid(np.ones((3, 4)), np.ones((3, 5)))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+  root = tmp_path_factory.mktemp("fid_layout")
+  roots = train_fixtures.build_layout(root, {"s/a": 30, "t/c": 30})
+  roots["train"] = train_fixtures.write_list(root / "train.txt", ["s/a"])
+  roots["test"] = train_fixtures.write_list(root / "test.txt", ["t/c"])
+  # Distinct test faces: two near-identical ground truths give a zero covariance, whose
+  # Newton-Schulz root fails and takes piq's slow retry (minutes at 2048-d on this CPU).
+  rng = np.random.default_rng(0)
+  for face in sorted((root / "faces" / "t" / "c").glob("*.png")):
+    cv2.imwrite(str(face), rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+  return roots
+
+
+@pytest.fixture
+def fast_compile():
+  """Fewer XLA passes (as tests/test_train.py): the renderer steps compile much faster."""
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
+
+
+def _renderer_cfg(layout, fid_dir: str):
+  cfg = ren_config.get_config("smoke")
+  cfg.data.face_root, cfg.data.sketch_root = layout["faces"], layout["sketches"]
+  cfg.data.audio_root = layout["audio"]
+  cfg.data.train_list, cfg.data.test_list = layout["train"], layout["test"]
+  cfg.batch_size, cfg.eval_batch_size = 1, 2  # FID needs 2 images per eval batch
+  cfg.num_sample_images = 1
+  cfg.seed = 1  # seed 0's first eval batch draws the same frame twice (1 in 26)
+  cfg.fid_inception_from = fid_dir
+  return cfg
+
+
+def test_renderer_evaluation_reports_fid(layout, converted, fast_compile, monkeypatch):
+  """The training loop's evaluation (no train step: it would only add compile time)."""
+  start = time.perf_counter()
+  cfg = _renderer_cfg(layout, converted)
+  devices = jax.devices()[:1]
+  stage = train_lib._Stage(cfg, devices)  # pylint: disable=protected-access
+  _, test_sampler = train_lib.make_samplers(cfg)
+  loader = pipeline.make_loader(test_sampler, num_steps=1, global_batch=2,
+                                seed=cfg.seed + train_lib.EVAL_SEED_OFFSET)
+  batch = next(iter(loader))
+  # Two different ground truths: identical ones would make the FID degenerate and slow.
+  assert not np.array_equal(batch["face"][0], batch["face"][1])
+  calls = []
+  real_fid = metrics.fid
+
+  def recording_fid(x, y):
+    calls.append((np.asarray(x), np.asarray(y), real_fid(x, y)))
+    return calls[-1][2]
+
+  monkeypatch.setattr(metrics, "fid", recording_fid)
+  result, _ = stage.evaluate(state_lib.replicate(stage.state, devices),
+                             [(None, pipeline.shard_for_pmap(batch, len(devices)))])
+  print(f"renderer evaluation with FID: {time.perf_counter() - start:.1f} s, "
+        f"eval/fid {result['eval/fid']:.4g}")
+  assert np.isfinite(result["eval/fid"]) and result["eval/fid"] > 0.0
+  assert {"eval/psnr", "eval/ssim", "eval/gen_loss"} <= set(result)
+  # The host got [generated, gt] features of the whole batch, gt = Inception(face / 255).
+  (generated, gt, value), = calls
+  assert generated.shape == gt.shape == (2, FEATURE_DIM)
+  want_gt = InceptionV3().apply(convert.load_variables(converted), batch["face"] / 255.0)
+  np.testing.assert_allclose(gt, want_gt, rtol=0, atol=1e-4)
+  assert not np.allclose(generated, gt, atol=1e-3)
+  assert result["eval/fid"] == pytest.approx(value, rel=1e-6)
+
+
+def test_fid_weights_errors_name_the_path(layout, tmp_path):
+  missing = tmp_path / "no_such_dir"
+  with pytest.raises(FileNotFoundError, match="no_such_dir"):
+    train_lib._Stage(_renderer_cfg(layout, str(missing)), jax.devices()[:1])  # pylint: disable=protected-access
+  other = tmp_path / "renderer_ckpt"
+  other.mkdir()
+  (other / "provenance.json").write_text(json.dumps({"model": "renderer"}))
+  with pytest.raises(ValueError, match="renderer_ckpt.*'renderer'"):
+    train_lib._Stage(_renderer_cfg(layout, str(other)), jax.devices()[:1])  # pylint: disable=protected-access

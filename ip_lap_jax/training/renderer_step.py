@@ -13,6 +13,11 @@ dJ/dD = dD_loss/dD + dG_loss/dD, which is what the release's discriminator step 
 because it never zeroes D's gradients after the generator's backward pass
 (`loss.disc_grad_includes_gen_loss`; False stops that term).
 The phase is a static argument: the host picks the compiled step by epoch.
+
+Evaluation with FID (config.fid_inception_from): the eval step also runs the FID
+Inception on the ground-truth and generated images and gathers the features of the whole
+global batch onto every device; the host computes the FID of each eval batch from them
+(`metrics.fid`, float64), as the release calls piq per eval batch.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import optax
 
 from ip_lap_jax import losses
 from ip_lap_jax.models.discriminator import MultiscaleDiscriminator
+from ip_lap_jax.models.inception import InceptionV3
 from ip_lap_jax.models.renderer import Renderer
 from ip_lap_jax.models.vgg import VGG19Features
 from ip_lap_jax.training import metrics as metrics_lib
@@ -142,9 +148,14 @@ def train_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: di
   return new_state, metrics
 
 
-def eval_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: dict[str, Any], *,
-              cfg: ml_collections.ConfigDict) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-  """(metrics averaged over devices, this device's images for sample grids)."""
+def eval_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: dict[str, Any],
+              inception_vars: dict[str, Any] | None = None, *, cfg: ml_collections.ConfigDict
+              ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array]]:
+  """(metrics averaged over devices, this device's images for sample grids, FID features).
+
+  FID features: with `inception_vars` (converted FID Inception), {'generated', 'gt'} of
+  [global batch, 2048] each, the same on every device; otherwise {} and no Inception runs.
+  """
   renderer, _ = make_models(cfg)
   face, sketches, ref_images, ref_sketches, mels = _inputs(batch)
   generated, warped = renderer.apply(
@@ -156,16 +167,29 @@ def eval_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: dic
              "ssim": jnp.mean(metrics_lib.ssim(generated, face))}
   images = {"sketch": sketches[:, 2], "refs": ref_images, "warped": warped,
             "generated": generated, "gt": face}
-  return jax.lax.pmean(metrics, AXIS), images
+  features = {}
+  if inception_vars is not None:
+    # One Inception pass over [gt; generated], as the release: images in [0, 1] and in
+    # the data's BGR order, which the release also hands to piq; float32 whatever the
+    # renderer's compute dtype (the release's FID network runs in float32).
+    feats = InceptionV3().apply(inception_vars, jnp.concatenate([face, generated]).astype(
+        jnp.float32))
+    feats = jax.lax.all_gather(feats.reshape(2, face.shape[0], -1), AXIS, axis=1, tiled=True)
+    features = {"gt": feats[0], "generated": feats[1]}
+  return jax.lax.pmean(metrics, AXIS), images, features
 
 
 def make_steps(cfg: ml_collections.ConfigDict, tx, disc_tx, schedule, devices: list[Any]):
-  """(train steps {False: warp-only, True: full loss}, eval step), pmapped over devices."""
+  """(train steps {False: warp-only, True: full loss}, eval step), pmapped over devices.
+
+  The eval step takes (state, batch, VGG19 variables, replicated FID Inception variables
+  or None).
+  """
   train = {phase: jax.pmap(
       functools.partial(train_step, cfg=cfg, tx=tx, disc_tx=disc_tx, schedule=schedule,
                         gan_phase=phase),
       axis_name=AXIS, donate_argnums=(0,), in_axes=(0, 0, None), devices=devices)
       for phase in (False, True)}
   p_eval = jax.pmap(functools.partial(eval_step, cfg=cfg), axis_name=AXIS,
-                    in_axes=(0, 0, None), devices=devices)
+                    in_axes=(0, 0, None, 0), devices=devices)
   return train, p_eval
