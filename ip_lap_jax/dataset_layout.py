@@ -31,11 +31,10 @@ import os
 import pathlib
 from typing import Iterable
 
-import chex
 import cv2
 import numpy as np
 
-from ip_lap_jax import landmarks
+from ip_lap_jax import array_checks, landmarks
 
 PathLike = str | os.PathLike[str]
 
@@ -85,8 +84,8 @@ def landmark_dict(pose: np.ndarray, content: np.ndarray) -> dict[str, list]:
   """Canonical (pose [74, 2], content [57, 2]) -> the release's landmark dict."""
   pose = np.asarray(pose, np.float64)
   content = np.asarray(content, np.float64)
-  chex.assert_shape(pose, (landmarks.NUM_POSE, 2))
-  chex.assert_shape(content, (landmarks.NUM_CONTENT, 2))
+  array_checks.assert_shape(pose, (landmarks.NUM_POSE, 2))
+  array_checks.assert_shape(content, (landmarks.NUM_CONTENT, 2))
 
   def entries(indices: np.ndarray, points: np.ndarray, order: np.ndarray) -> list:
     return [(int(indices[i]), float(points[i, 0]), float(points[i, 1])) for i in order]
@@ -140,7 +139,7 @@ def load_landmarks(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 def write_png(path: PathLike, image: np.ndarray) -> None:
   """Writes a uint8 [H, W, 3] BGR image as PNG (folders must exist)."""
-  chex.assert_type(image, np.uint8)
+  array_checks.assert_type(image, np.uint8)
   if not cv2.imwrite(os.fspath(path), image):
     raise OSError(f"{path}: cv2.imwrite failed")
 
@@ -156,8 +155,8 @@ def read_png(path: PathLike) -> np.ndarray:
 def save_mel(path: PathLike, mel: np.ndarray) -> None:
   """Stores a mel spectrogram [80, M] as the release does: transposed, (M, 80)."""
   mel = np.asarray(mel, np.float32)
-  chex.assert_rank(mel, 2)
-  chex.assert_axis_dimension(mel, 0, 80)
+  array_checks.assert_rank(mel, 2)
+  array_checks.assert_axis_dimension(mel, 0, 80)
   np.save(path, mel.T)
 
 

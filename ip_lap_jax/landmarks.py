@@ -25,9 +25,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable, Mapping
 
-import chex
 import cv2
 import numpy as np
+
+from ip_lap_jax import array_checks
 
 # --- Edge sets (MediaPipe's face_mesh_connections, written out so importing this
 # module does not load MediaPipe; tests check them against MediaPipe's own sets).
@@ -168,7 +169,7 @@ def _as_all_points(points: np.ndarray) -> np.ndarray:
   points = np.asarray(points, dtype=np.float64)
   if points.shape == (NUM_MESH_POINTS, 2):
     return points[ALL_INDICES]
-  chex.assert_shape(points, (NUM_ALL, 2))
+  array_checks.assert_shape(points, (NUM_ALL, 2))
   return points
 
 
@@ -200,7 +201,7 @@ def crop_face(frame: np.ndarray, box: FaceBox, size: int = 128) -> np.ndarray:
   Raises:
     ValueError: the box is empty in pixels (a degenerate detection).
   """
-  chex.assert_rank(frame, 3)
+  array_checks.assert_rank(frame, 3)
   if tuple(frame.shape[:2]) != box.frame_hw:
     raise ValueError(f"box was made for a {box.frame_hw} frame, got {frame.shape[:2]}")
   y1, y2, x1, x2 = box.pixel
@@ -222,7 +223,7 @@ def normalize_to_box(points: np.ndarray, box: FaceBox, *, pixel_grid: bool = Fal
     [..., 2] float64.
   """
   points = np.asarray(points, dtype=np.float64)
-  chex.assert_axis_dimension(points, -1, 2)
+  array_checks.assert_axis_dimension(points, -1, 2)
   if pixel_grid:
     h, w = box.frame_hw
     y1, y2, x1, x2 = box.pixel
@@ -251,8 +252,8 @@ def content_and_pose_to_all(pose: np.ndarray, content: np.ndarray) -> np.ndarray
   """
   pose = np.asarray(pose)
   content = np.asarray(content)
-  chex.assert_axis_dimension(pose, -2, NUM_POSE)
-  chex.assert_axis_dimension(content, -2, NUM_CONTENT)
+  array_checks.assert_axis_dimension(pose, -2, NUM_POSE)
+  array_checks.assert_axis_dimension(content, -2, NUM_CONTENT)
   out = np.empty(pose.shape[:-2] + (NUM_ALL, pose.shape[-1]),
                  np.result_type(pose, content))
   out[..., POSE_POSITIONS, :] = pose
@@ -263,7 +264,7 @@ def content_and_pose_to_all(pose: np.ndarray, content: np.ndarray) -> np.ndarray
 def lip_openness(points: np.ndarray) -> float:
   """Distance between mid upper lip (0) and mid lower lip (17) of [478, 2] points."""
   points = np.asarray(points, dtype=np.float64)
-  chex.assert_shape(points, (NUM_MESH_POINTS, 2))
+  array_checks.assert_shape(points, (NUM_MESH_POINTS, 2))
   a, b = LIP_OPENNESS_INDICES
   return float(np.linalg.norm(points[a] - points[b]))
 
@@ -298,7 +299,7 @@ def analyze(points: np.ndarray, frame_hw: tuple[int, int], pad_px: float = DATAS
   Dataset preprocessing: defaults. Inference: `pad_px=INFERENCE_PAD_PX, pixel_grid=True`.
   """
   points = np.asarray(points, dtype=np.float64)
-  chex.assert_shape(points, (NUM_MESH_POINTS, 2))
+  array_checks.assert_shape(points, (NUM_MESH_POINTS, 2))
   box = face_box(points, pad_px, frame_hw)
   pose, content = pose_content(normalize_to_box(points[ALL_INDICES], box,
                                                 pixel_grid=pixel_grid))
@@ -374,8 +375,8 @@ class FaceMeshDetector:
     Returns:
       [478, 2] float64 (x, y) normalised to the full frame, or None if no face.
     """
-    chex.assert_rank(frame_bgr, 3)
-    chex.assert_axis_dimension(frame_bgr, 2, 3)
+    array_checks.assert_rank(frame_bgr, 3)
+    array_checks.assert_axis_dimension(frame_bgr, 2, 3)
     rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
     points = self._mesh_points(rgb)
     if points is None and self._full_range is not None:

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import chex
 import cv2
 import numpy as np
 
-from ip_lap_jax import landmarks
+from ip_lap_jax import array_checks, landmarks
 
 SKETCH_SIZE = 128
 LINE_VALUE = 224  # the release's "WHITE_COLOR" (224, 224, 224)
@@ -36,7 +35,7 @@ def _canonical_points(points) -> np.ndarray:
   if isinstance(points, Mapping):
     return landmarks.points_from_mapping(points)
   points = np.asarray(points, dtype=np.float64)
-  chex.assert_shape(points, (landmarks.NUM_ALL, 2))
+  array_checks.assert_shape(points, (landmarks.NUM_ALL, 2))
   return points
 
 

@@ -28,10 +28,10 @@ import os
 import uuid
 from typing import Iterator, Mapping
 
-import chex
 import cv2
 import numpy as np
 
+from ip_lap_jax import array_checks
 from ip_lap_jax.errors import MediaError, require_file
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
@@ -218,8 +218,8 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 def as_bgr_frame(frame_bgr: np.ndarray, where: str) -> np.ndarray:
   """Checks a frame is BGR uint8 `[H, W, 3]` (ValueError naming `where` if not)."""
   frame_bgr = np.asarray(frame_bgr)
-  chex.assert_rank(frame_bgr, 3)
-  chex.assert_type(frame_bgr, np.uint8)
+  array_checks.assert_rank(frame_bgr, 3)
+  array_checks.assert_type(frame_bgr, np.uint8)
   if frame_bgr.shape[2] != 3:
     raise ValueError(f"{where}: frames must be BGR [H, W, 3], got shape {frame_bgr.shape}")
   return frame_bgr
