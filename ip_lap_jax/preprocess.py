@@ -208,8 +208,9 @@ def _work(job: ClipJob) -> ClipResult:
                       _WORKER["pad_px"])
 
 
-_PRELOAD = ("ip_lap_jax.preprocess", "ip_lap_jax.audio", "ip_lap_jax.video", "mediapipe",
-            "librosa")
+# No scipy, librosa or JAX among these or their imports (audio restates the pieces it
+# used from them): the fork server imports this list before any worker can start.
+_PRELOAD = ("ip_lap_jax.preprocess", "ip_lap_jax.audio", "ip_lap_jax.video", "mediapipe")
 
 
 def _results(jobs: list[ClipJob], workers: int, init_args: tuple) -> Iterable[ClipResult]:

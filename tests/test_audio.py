@@ -89,6 +89,27 @@ def test_save_wav_round_trip(tmp_path):
   assert len(back_8k) == 4000
 
 
+
+def test_numpy_pieces_equal_scipy_and_librosa_bit_for_bit(shared_data, tmp_path):
+  """The restated filterbank, window, pre-emphasis and wav writer (kept free of scipy and
+  librosa imports for worker start-up) give the libraries' exact bits."""
+  import scipy.io.wavfile
+
+  basis = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)
+  np.testing.assert_array_equal(audio._mel_basis(), basis.astype(np.float64))
+  np.testing.assert_array_equal(audio._hann_window(),
+                                scipy.signal.get_window("hann", 800, fftbins=True))
+  wav = audio.load_audio(shared_data / "audio2.wav")
+  noise = np.random.default_rng(0).standard_normal(10_001) * 1e3
+  for x in (wav, noise, wav[:1]):
+    np.testing.assert_array_equal(audio._preemphasis(x),
+                                  scipy.signal.lfilter([1.0, -0.97], [1.0], x.astype(np.float64)))
+  audio.save_wav(tmp_path / "ours.wav", wav[:16_001])
+  pcm = np.clip(np.rint(wav[:16_001].astype(np.float64) * 32768.0), -32768, 32767)
+  scipy.io.wavfile.write(tmp_path / "scipy.wav", 16000, pcm.astype(np.int16))
+  assert (tmp_path / "ours.wav").read_bytes() == (tmp_path / "scipy.wav").read_bytes()
+
+
 def test_media_errors_name_the_file(shared_data, tmp_path):
   missing = tmp_path / "nothing here.wav"
   with pytest.raises(MediaError, match="nothing here.wav: no such file"):
