@@ -71,6 +71,21 @@ def test_fps_conversion_matches_ffmpeg_fps_filter(shared_data, name):
     assert len(source) == 270 and source[0] == ours[0] and source[-1] == ours[-1]
 
 
+
+@pytest.mark.parametrize("name", ["129.mp4", "face_1.mp4", "face_2.mp4"])
+def test_rgb_and_single_threaded_frames_equal_default_frames(shared_data, name):
+  """Preprocessing decodes to RGB on one decoder thread: the same frames (30, 22.13 and
+  25 fps sources), pixel for pixel, channels swapped."""
+  path = shared_data / name
+  default = [_digest(f) for f in video.iter_frames(path)]
+  rgb = []
+  for frame in video.iter_frames(path, pixel_format="rgb24", threads=1):
+    assert frame.flags.c_contiguous  # MediaPipe takes it as is
+    rgb.append(_digest(frame[..., ::-1]))
+  assert rgb == default
+  with pytest.raises(ValueError, match="pixel_format"):
+    video.iter_frames(path, pixel_format="yuv420p")
+
 def test_22fps_clip_frame_count(shared_data):
   frames = 0
   for frame in video.iter_frames(shared_data / "face_1.mp4"):
