@@ -377,13 +377,25 @@ class FaceMeshDetector:
     """
     array_checks.assert_rank(frame_bgr, 3)
     array_checks.assert_axis_dimension(frame_bgr, 2, 3)
-    rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
-    points = self._mesh_points(rgb)
-    if points is None and self._full_range is not None:
-      points = self._detect_small(rgb)
-    return points
+    return self.detect_rgb(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
 
   __call__ = detect
+
+  def detect_rgb(self, frame_rgb: np.ndarray) -> np.ndarray | None:
+    """`detect` for a frame already in RGB order (what MediaPipe takes).
+
+    Args:
+      frame_rgb: [H, W, 3] uint8, C-contiguous (e.g. `video.iter_frames(...,
+        pixel_format="rgb24")`), which spares `detect`'s full-frame colour conversion.
+    Returns:
+      as `detect`.
+    """
+    array_checks.assert_rank(frame_rgb, 3)
+    array_checks.assert_axis_dimension(frame_rgb, 2, 3)
+    points = self._mesh_points(frame_rgb)
+    if points is None and self._full_range is not None:
+      points = self._detect_small(frame_rgb)
+    return points
 
   def _detect_small(self, rgb: np.ndarray) -> np.ndarray | None:
     detections = self._full_range.process(rgb).detections
