@@ -162,3 +162,42 @@ def test_cli_custom_roots_and_exit_code(dataset, tmp_path, capsys):
   assert summary["roots"]["face_root"] == str((tmp_path / "out" / "faces").resolve())
   assert list(summary["failed"]) == ["spk/bad"]
   assert "FAILED spk/bad" in capsys.readouterr().err
+
+
+def _write_zero_frame_video(path):
+  """A matroska file with a video stream that holds no frame, and 0.5 s of audio (so the
+  audio step passes and the video step is the one that finds nothing)."""
+  import fractions
+
+  import av
+
+  with av.open(str(path), mode="w", format="matroska") as container:
+    stream = container.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+    sound = container.add_stream("aac", rate=16000, layout="mono")
+    samples = (0.1 * np.sin(np.arange(8000) / 10)).astype(np.float32)[None]
+    for start in range(0, samples.shape[1], 1024):
+      frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + 1024]),
+                                         format="fltp", layout="mono")
+      frame.sample_rate, frame.pts = 16000, start
+      frame.time_base = fractions.Fraction(1, 16000)
+      container.mux(sound.encode(frame))
+    container.mux(sound.encode(None))
+    container.mux(stream.encode(None))
+
+
+def test_zero_frame_clip_is_reported_and_run_goes_on(dataset, tmp_path):
+  root, _, _, _ = dataset
+  src = tmp_path / "in" / "spk"
+  src.mkdir(parents=True)
+  _write_zero_frame_video(src / "empty.mkv")
+  assert video.probe(src / "empty.mkv").num_frames == 0
+  (src / "good.mp4").symlink_to(root / "in" / "spk" / "good.mp4")
+  summary = preprocess.run(tmp_path / "in", tmp_path / "out", workers=1, progress=False)
+  assert list(summary["done"]) == ["spk/good"]
+  assert summary["done"]["spk/good"]["frames"] == GOOD_FRAMES
+  assert list(summary["failed"]) == ["spk/empty"]
+  reason = summary["failed"]["spk/empty"]["reason"]
+  assert "empty.mkv" in reason and "zero frames" in reason
+  for sub in ("faces", "sketches", "landmarks", "audio"):
+    assert not (tmp_path / "out" / sub / "spk" / "empty").exists()
