@@ -9,9 +9,10 @@ timed alternately, `--repeats` times each (fewer when a configuration's budget
 of each is reported per output frame, and the ratio of medians beside it.
 
 Arithmetic per frame (GFLOP, multiply-add = 2):
-- JAX: XLA's own count, `jax.jit(f).lower(...).compile().cost_analysis()['flops']`, for
-  the default renderer (modulations shared across references) and for
-  `shared_modulation=False` (the release's per-reference arithmetic);
+- JAX: XLA's own count, `jax.jit(f).lower(...).compile().cost_analysis()['flops']`, with
+  direct convolutions for the default renderer (modulations shared across references) and
+  for `shared_modulation=False` (the release's per-reference arithmetic), and as executed
+  (`conv_algorithm='auto'`: Winograd 3x3 convolutions on CPU, fewer multiplications);
 - PyTorch: counted by hand with forward hooks on every Conv2d / Linear of the mirror.
 
 Run (about 15 minutes on the 2-core CPU):
@@ -158,8 +159,8 @@ def bench_renderer(refs: int, batch: int, repeats: int, budget_s: float,
   speed = _speed_fields(lambda: jax.block_until_ready(apply(variables, *jax_inputs)), run_torch,
                         batch, repeats, budget_s)
 
-  def flops_of(shared: bool) -> float:
-    m = Renderer(shared_modulation=shared)
+  def flops_of(shared: bool, algorithm: str = "direct") -> float:
+    m = Renderer(shared_modulation=shared, conv_algorithm=algorithm)
     return _jax_flops(lambda v, *a: m.apply(v, *a, train=False), variables, *jax_inputs)
 
   return {
@@ -167,6 +168,7 @@ def bench_renderer(refs: int, batch: int, repeats: int, budget_s: float,
       "max_abs_diff": err,
       "gflop_per_frame_jax_shared": flops_of(True) / batch / 1e9,
       "gflop_per_frame_jax_per_reference": flops_of(False) / batch / 1e9,
+      "gflop_per_frame_jax_executed": flops_of(True, "auto") / batch / 1e9,
       "gflop_per_frame_torch_hooks": torch_flops / batch / 1e9,
   }
 
@@ -236,7 +238,8 @@ def main() -> None:
   for r in results:
     if r["model"] == "renderer":
       flops = (f"jax {r['gflop_per_frame_jax_shared']:.0f} (per-ref "
-               f"{r['gflop_per_frame_jax_per_reference']:.0f}), torch {r['gflop_per_frame_torch_hooks']:.0f}")
+               f"{r['gflop_per_frame_jax_per_reference']:.0f}, executed "
+               f"{r['gflop_per_frame_jax_executed']:.0f}), torch {r['gflop_per_frame_torch_hooks']:.0f}")
       n = r["refs"]
     else:
       flops, n = f"jax {r['gflop_per_frame_jax']:.2f}", "-"

@@ -22,14 +22,16 @@ import jax
 import jax.numpy as jnp
 
 from ip_lap_jax import ops
+from ip_lap_jax.models.conv import Algorithm, Conv3x3
 
 Array = jax.Array
 # (gamma, beta) of one SPADE layer, each [B, H, W, C].
 Modulation = tuple[Array, Array]
 
 
-def _conv3x3(features: int, dtype: Any, name: str) -> nn.Conv:
-  return nn.Conv(features, (3, 3), padding=ops.conv_padding(1), dtype=dtype, name=name)
+def _conv3x3(features: int, dtype: Any, algorithm: Algorithm, name: str,
+             output_tile: int = 4) -> Conv3x3:
+  return Conv3x3(features, dtype=dtype, algorithm=algorithm, output_tile=output_tile, name=name)
 
 
 def _instance_norm_any_batch(x: Array) -> Array:
@@ -62,16 +64,18 @@ class SPADELayer(nn.Module):
     features: C, channels of the normalised input.
     hidden: hidden width of the modulation branch (256 in the release).
     dtype: compute dtype.
+    conv_algorithm: how the 3x3 convolutions compute (`ip_lap_jax.models.conv`).
   """
 
   features: int
   hidden: int = 256
   dtype: Any = jnp.float32
+  conv_algorithm: Algorithm = "auto"
 
   def setup(self) -> None:
-    self.conv1 = _conv3x3(self.hidden, self.dtype, "conv1")
-    self.gamma = _conv3x3(self.features, self.dtype, "gamma")
-    self.beta = _conv3x3(self.features, self.dtype, "beta")
+    self.conv1 = _conv3x3(self.hidden, self.dtype, self.conv_algorithm, "conv1")
+    self.gamma = _conv3x3(self.features, self.dtype, self.conv_algorithm, "gamma")
+    self.beta = _conv3x3(self.features, self.dtype, self.conv_algorithm, "beta")
 
   def modulation(self, m: Array) -> Modulation:
     """m: [B, H, W, M] -> (gamma, beta), each [B, H, W, C]."""
@@ -100,17 +104,23 @@ class SPADE(nn.Module):
     features: C, channels in and out.
     hidden: hidden width of both SPADE layers' modulation branches.
     dtype: compute dtype.
+    conv_algorithm: how the 3x3 convolutions compute (`ip_lap_jax.models.conv`).
+    output_tile: Winograd tile of `conv_1` and `conv_2` when they use Winograd.
   """
 
   features: int
   hidden: int = 256
   dtype: Any = jnp.float32
+  conv_algorithm: Algorithm = "auto"
+  output_tile: int = 4
 
   def setup(self) -> None:
-    self.spade_layer_1 = SPADELayer(self.features, self.hidden, self.dtype)
-    self.spade_layer_2 = SPADELayer(self.features, self.hidden, self.dtype)
-    self.conv_1 = _conv3x3(self.features, self.dtype, "conv_1")
-    self.conv_2 = _conv3x3(self.features, self.dtype, "conv_2")
+    self.spade_layer_1 = SPADELayer(self.features, self.hidden, self.dtype, self.conv_algorithm)
+    self.spade_layer_2 = SPADELayer(self.features, self.hidden, self.dtype, self.conv_algorithm)
+    self.conv_1 = _conv3x3(self.features, self.dtype, self.conv_algorithm, "conv_1",
+                           self.output_tile)
+    self.conv_2 = _conv3x3(self.features, self.dtype, self.conv_algorithm, "conv_2",
+                           self.output_tile)
 
   def modulations(self, m: Array) -> tuple[Modulation, Modulation]:
     """m: [B, H, W, M] -> ((gamma1, beta1), (gamma2, beta2)), each [B, H, W, C]."""
@@ -163,15 +173,18 @@ class AdaIN(nn.Module):
   Attributes:
     features: C, channels in and out.
     dtype: compute dtype.
+    conv_algorithm: how the 3x3 convolutions compute (`ip_lap_jax.models.conv`).
   """
 
   features: int
   dtype: Any = jnp.float32
+  conv_algorithm: Algorithm = "auto"
 
   @nn.compact
   def __call__(self, x: Array, m: Array) -> Array:
     """x: [B, H, W, C], m: [B, M] -> [B, H, W, C]."""
     x = AdaINLayer(self.features, dtype=self.dtype, name="adain_layer_1")(x, m)
-    x = _conv3x3(self.features, self.dtype, "conv_1")(nn.leaky_relu(x, 0.2))
+    x = _conv3x3(self.features, self.dtype, self.conv_algorithm, "conv_1")(nn.leaky_relu(x, 0.2))
     x = AdaINLayer(self.features, dtype=self.dtype, name="adain_layer_2")(x, m)
-    return _conv3x3(self.features, self.dtype, "conv_2")(nn.leaky_relu(x, 0.2))
+    return _conv3x3(self.features, self.dtype, self.conv_algorithm, "conv_2")(
+        nn.leaky_relu(x, 0.2))
