@@ -14,7 +14,7 @@ JAX), at each N of `--refs`:
   Face Mesh twice per frame (one pass for boxes and lip openness, one for landmarks),
   then per output frame: the landmark generator on one window (batch 1), 5 sketches, the
   renderer at batch 1 (the mirror's per-reference loop, as the release's), paste-back,
-  encode. PyTorch eval + no_grad, `torch.set_num_threads(os.cpu_count())`. The release's
+  encode. PyTorch eval + no_grad, `torch.set_num_threads(<usable cores>)`. The release's
   second face detector for the paste mask is replaced by the same Face Mesh mask (the
   release's would only add time).
 
@@ -151,7 +151,7 @@ def main() -> None:
   import jax
   import torch
 
-  torch.set_num_threads(os.cpu_count())
+  torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use
   results = []
   with tempfile.TemporaryDirectory() as tmp_dir:
     tmp = pathlib.Path(tmp_dir)

@@ -3,7 +3,7 @@
 Same process, same random weights (the mirror's, saved officially and converted), same
 inputs. JAX: `jax.jit`, timed after a warm-up call (the compile time is printed apart).
 PyTorch: the release-structured mirror (per-reference Python loop in the renderer), eval
-mode, `torch.no_grad()`, `torch.set_num_threads(os.cpu_count())`. The two frameworks are
+mode, `torch.no_grad()`, `torch.set_num_threads(<usable cores>)`. The two frameworks are
 timed alternately, `--repeats` times each (fewer when a configuration's budget
 `--budget-s` runs out, at least once). The machine is shared, so the best (minimum) time
 of each is reported per output frame, and the ratio of medians beside it.
@@ -219,7 +219,7 @@ def main() -> None:
                       help="per configuration: stop repeating after this many seconds")
   parser.add_argument("--json", type=pathlib.Path, default=None)
   args = parser.parse_args()
-  torch.set_num_threads(os.cpu_count() or 1)
+  torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
         f"with {torch.get_num_threads()} threads, {os.cpu_count()} CPUs", flush=True)
 

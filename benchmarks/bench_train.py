@@ -7,7 +7,7 @@ One full optimisation step per stage at the same batch, same device (this CPU):
   and fake, LSGAN + feature matching, backward, Adam on the renderer, then the
   discriminator's backward and Adam step, as train_video_renderer.py.
 JAX: `ip_lap_jax.training.*_step.make_steps` (pmap over one device, XLA optimisations on),
-timed after a compile call. PyTorch: the mirror modules, `torch.set_num_threads(cpu_count)`.
+timed after a compile call. PyTorch: the mirror modules, `torch.set_num_threads(<usable cores>)`.
 Timings alternate between frameworks; the median of `--repeats` is reported with the
 ratio JAX examples/s / PyTorch examples/s.
 
@@ -148,7 +148,7 @@ def torch_renderer(batch_size: int):
 
 def bench(name: str, batch: int, make_jax, make_torch, repeats: int) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(os.cpu_count() or 1)
+  torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use
   j, t = make_jax(batch), make_torch(batch)
   compile_s = _timed(j)
   _timed(t)  # warm-up
