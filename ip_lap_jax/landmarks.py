@@ -385,13 +385,15 @@ class FaceMeshDetector:
     """`detect` for a frame already in RGB order (what MediaPipe takes).
 
     Args:
-      frame_rgb: [H, W, 3] uint8, C-contiguous (e.g. `video.iter_frames(...,
-        pixel_format="rgb24")`), which spares `detect`'s full-frame colour conversion.
+      frame_rgb: [H, W, 3] uint8 (e.g. `video.iter_frames(..., pixel_format="rgb24")`),
+        which spares `detect`'s full-frame colour conversion.
     Returns:
       as `detect`.
     """
     array_checks.assert_rank(frame_rgb, 3)
     array_checks.assert_axis_dimension(frame_rgb, 2, 3)
+    # MediaPipe takes C-contiguous pixels only (`iter_frames`' frames already are).
+    frame_rgb = np.ascontiguousarray(frame_rgb)
     points = self._mesh_points(frame_rgb)
     if points is None and self._full_range is not None:
       points = self._detect_small(frame_rgb)

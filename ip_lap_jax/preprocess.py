@@ -14,10 +14,14 @@ What one clip costs and produces (one pass, streaming):
 - every frame converted to 25 fps (`video.iter_frames`, never the whole clip in
   memory) -> one Face Mesh pass -> landmark file, 128x128 face crop (pad 5 px), sketch;
   frames without a face are skipped and listed (gaps in numbering, as the release).
+  Frames are decoded straight to RGB (Face Mesh's order; only the crop is turned to
+  BGR), on one decoder thread when the workers already fill the cores.
 
-Workers are processes (forkserver, modules preloaded once), each with its own Face Mesh;
-clips are distributed one at a time, largest file first. The release used a thread pool, which the GIL serialises around MediaPipe's
-Python-side work.
+Workers are processes (forkserver, modules preloaded once), each with its own Face
+Mesh; clips are distributed one at a time, largest file first. The release used a
+thread pool, which the GIL serialises around MediaPipe's Python-side work. Nothing the
+parent or the fork server imports loads JAX, scipy or librosa: they cost ~3 s of CPU,
+paid before any worker could start.
 
 Resumable: a clip is complete only once its marker `<output>/.preprocess_done/<speaker>/
 <clip>.json` is written, after all its files; a clip without a marker is cleared and
@@ -41,6 +45,8 @@ import shutil
 import sys
 import time
 from typing import Any, Iterable
+
+import cv2
 
 from ip_lap_jax import dataset_layout, landmarks, sketch
 from ip_lap_jax.errors import MediaError
@@ -127,8 +133,6 @@ def process_clip(job: ClipJob, detector: landmarks.FaceMeshDetector,
   Never raises for bad input: problems come back as `ok=False` with a reason, and the
   clip's partial output is removed. `decoder_threads`: as `video.iter_frames`' threads.
   """
-  import cv2
-
   from ip_lap_jax import audio, video  # media I/O only where clips are processed
 
   start = time.perf_counter()

@@ -201,3 +201,16 @@ def test_zero_frame_clip_is_reported_and_run_goes_on(dataset, tmp_path):
   assert "empty.mkv" in reason and "zero frames" in reason
   for sub in ("faces", "sketches", "landmarks", "audio"):
     assert not (tmp_path / "out" / sub / "spk" / "empty").exists()
+
+
+def test_worker_imports_stay_light():
+  """The parent and the fork server import these before any worker starts: JAX, scipy
+  and librosa (~3 s of CPU together) must not come in through them."""
+  import subprocess
+  import sys
+
+  code = ("import sys; import ip_lap_jax.preprocess, ip_lap_jax.audio, ip_lap_jax.video; "
+          "print(sorted({'jax', 'chex', 'scipy', 'librosa'} & set(sys.modules)))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=True, cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert out.stdout.strip() == "[]"
