@@ -218,7 +218,7 @@ def _init_worker(roots: dataset_layout.DatasetRoots, output_dir: pathlib.Path,
 def _decoder_threads(workers: int) -> int:
   """Decoder threads per clip: ffmpeg's choice (0) for a single worker; otherwise the
   cores left per worker, at least 1. Workers that fill the cores gain nothing from
-  frame-threaded decoding, only its overhead (3 threads: ~25% more decoding CPU)."""
+  frame-threaded decoding, only its overhead (3 threads: ~20% more decoding CPU)."""
   if workers <= 1:
     return 0
   return max(1, (os.cpu_count() or 1) // workers)

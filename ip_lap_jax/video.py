@@ -140,7 +140,7 @@ def iter_frames(path: str | os.PathLike[str], fps: float = 25.0, *,
       saves a full-frame `cvtColor` per frame).
     threads: decoder threads; 0 lets ffmpeg choose (frame threading, one thread per
       core + 1). Callers that already keep every core busy (preprocessing workers)
-      pass 1: extra decoder threads then only add CPU time (~25% of decoding).
+      pass 1: extra decoder threads then only add CPU time (~20% of decoding).
   Raises:
     MediaError: as above, or "zero frames" when nothing decodes.
   """
