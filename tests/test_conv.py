@@ -103,3 +103,38 @@ def test_algorithm_choice():
   assert not conv.uses_winograd("direct", jnp.float32, 256)
   with pytest.raises(ValueError, match="conv algorithm"):
     conv.uses_winograd("fast", jnp.float32, 256)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 2), (2, 2), (2, 0)])
+def test_matmul_kernel_grad_conv_equals_lax_conv(stride, padding):
+  """Output and both gradients equal XLA's convolution (float64, exact up to rounding)."""
+  x, k = _random((2, 9, 11, 3), 8), _random((4, 4, 3, 5), 9)
+  with jax.enable_x64(True):
+    x, k = jnp.asarray(x), jnp.asarray(k)
+
+    def reference(x, k):
+      return jax.lax.conv_general_dilated(x, k, (stride, stride), ((padding, padding),) * 2,
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def ours(x, k):
+      return conv.conv2d_matmul_kernel_grad(x, k, stride, padding)
+
+    want = reference(x, k)
+    np.testing.assert_allclose(np.asarray(ours(x, k)), np.asarray(want), rtol=0, atol=1e-12)
+    cotangent = jnp.asarray(_random(want.shape, 10))
+    grads = [jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) * cotangent), argnums=(0, 1))(x, k)
+             for f in (ours, reference)]
+  for g, w in zip(*grads):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=0, atol=1e-11)
+
+
+def test_conv_module_is_a_drop_in_for_nn_conv():
+  x = jnp.asarray(_random((1, 10, 10, 6), 11), jnp.float32)
+  reference = nn.Conv(8, (4, 4), strides=(2, 2), padding=ops.conv_padding(2))
+  ours = conv.Conv(8, 4, 2, 2)
+  variables = reference.init(jax.random.key(0), x)
+  ours_vars = ours.init(jax.random.key(0), x)
+  for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(ours_vars)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_allclose(np.asarray(ours.apply(variables, x)),
+                             np.asarray(reference.apply(variables, x)), rtol=0, atol=1e-6)

@@ -18,6 +18,7 @@ common (0, 1, -1, 2, -2)); `tests/test_conv.py` checks that they are exact.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import chex
@@ -80,16 +81,8 @@ def _combine(matrix: np.ndarray, terms: list[Array]) -> list[Array]:
   return out
 
 
-def winograd_conv3x3(x: Array, kernel: Array, output_tile: int = 4) -> Array:
-  """PyTorch's Conv2d(k=3, stride=1, padding=1) without bias, by Winograd F(m x m, 3 x 3).
-
-  Args:
-    x: [B, H, W, Cin].
-    kernel: [3, 3, Cin, Cout] (HWIO, Flax's layout), same dtype as x.
-    output_tile: m, 2, 3 or 4 (a larger tile: fewer multiplications, more rounding).
-  Returns:
-    [B, H, W, Cout] in x's dtype.
-  """
+def _winograd_conv3x3(x: Array, kernel: Array, output_tile: int) -> Array:
+  """Forward computation of `winograd_conv3x3` (see there)."""
   chex.assert_rank([x, kernel], [4, 4])
   chex.assert_axis_dimension(kernel, 0, 3)
   chex.assert_axis_dimension(kernel, 1, 3)
@@ -115,6 +108,54 @@ def winograd_conv3x3(x: Array, kernel: Array, output_tile: int = 4) -> Array:
   y = y.reshape(m, m, b, tiles_h, tiles_w, cout).transpose(2, 3, 0, 4, 1, 5)
   y = y.reshape(b, tiles_h * m, tiles_w * m, cout)
   return y[:, :h, :w]
+
+
+def _patch_kernel_grad(x: Array, dy: Array, k: int, stride: int, padding: int) -> Array:
+  """d(sum(conv(x, w) * dy)) / dw = sum over output pixels of patch x cotangent: [k, k, Cin, Cout].
+
+  Patches are k*k strided slices stacked on a new axis, then one dot. XLA's CPU backend
+  would compute this gradient as a convolution whose window is the whole activation map,
+  through a generic path (~2 GFLOP/s here).
+  """
+  ho, wo = dy.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  patches = jnp.stack([xp[:, i:i + (ho - 1) * stride + 1:stride, j:j + (wo - 1) * stride + 1:stride]
+                       for i in range(k) for j in range(k)], axis=3)  # [B, Ho, Wo, k*k, Cin]
+  return jnp.einsum("bhwtc,bhwo->tco", patches, dy).reshape(k, k, x.shape[-1], dy.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def winograd_conv3x3(x: Array, kernel: Array, output_tile: int = 4) -> Array:
+  """PyTorch's Conv2d(k=3, stride=1, padding=1) without bias, by Winograd F(m x m, 3 x 3).
+
+  The input gradient is the same kind of convolution (flipped kernel, channels swapped),
+  so it runs by Winograd too; the kernel gradient is one dot over patches. Autodiff of
+  the transforms instead would scatter through strided slices, slower than XLA's own
+  convolution gradients.
+
+  Args:
+    x: [B, H, W, Cin].
+    kernel: [3, 3, Cin, Cout] (HWIO, Flax's layout), same dtype as x.
+    output_tile: m, 2, 3 or 4 (a larger tile: fewer multiplications, more rounding).
+  Returns:
+    [B, H, W, Cout] in x's dtype.
+  """
+  return _winograd_conv3x3(x, kernel, output_tile)
+
+
+def _winograd_fwd(x: Array, kernel: Array, output_tile: int) -> tuple[Array, tuple[Array, Array]]:
+  return _winograd_conv3x3(x, kernel, output_tile), (x, kernel)
+
+
+def _winograd_bwd(output_tile: int, residuals: tuple[Array, Array], dy: Array
+                  ) -> tuple[Array, Array]:
+  x, kernel = residuals
+  flipped = jnp.flip(kernel, axis=(0, 1)).swapaxes(2, 3)  # [3, 3, Cout, Cin]
+  dx = _winograd_conv3x3(dy, flipped, output_tile)
+  return dx, _patch_kernel_grad(x, dy, 3, 1, 1).astype(kernel.dtype)
+
+
+winograd_conv3x3.defvjp(_winograd_fwd, _winograd_bwd)
 
 
 def direct_conv3x3(x: Array, kernel: Array) -> Array:
@@ -171,6 +212,79 @@ class Conv3x3(nn.Module):
       y = winograd_conv3x3(x, kernel, self.output_tile)
     else:
       y = direct_conv3x3(x, kernel)
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+def _conv(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding),) * 2,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d_matmul_kernel_grad(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+  """A square-kernel convolution whose kernel gradient is one matrix product.
+
+  XLA's CPU backend computed the discriminator's 4x4 kernel gradients on 16x16 maps
+  through a generic convolution path at ~2 GFLOP/s: 1.4 s per layer and call, half of a
+  renderer train step. `_patch_kernel_grad` makes it one dot.
+
+  Args:
+    x: [B, H, W, Cin]; kernel: [k, k, Cin, Cout]; stride, padding: PyTorch's (symmetric).
+  Returns:
+    [B, Ho, Wo, Cout], Ho = (H + 2 * padding - k) // stride + 1.
+  """
+  return _conv(x, kernel, stride, padding)
+
+
+def _conv_fwd(x: Array, kernel: Array, stride: int, padding: int) -> tuple[Array, tuple[Array, Array]]:
+  return _conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _conv_bwd(stride: int, padding: int, residuals: tuple[Array, Array], dy: Array
+              ) -> tuple[Array, Array]:
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x_: _conv(x_, kernel, stride, padding), x)
+  (dx,) = input_vjp(dy)
+  return dx, _patch_kernel_grad(x, dy, kernel.shape[0], stride, padding).astype(kernel.dtype)
+
+
+conv2d_matmul_kernel_grad.defvjp(_conv_fwd, _conv_bwd)
+
+
+class Conv(nn.Module):
+  """Drop-in for `nn.Conv(features, (k, k), strides=s, padding=p)` (same params and
+  initialisers) whose kernel gradient is a matrix product (`conv2d_matmul_kernel_grad`).
+
+  Attributes:
+    features: output channels.
+    kernel_size: k (square).
+    stride: s.
+    padding: p, symmetric as PyTorch's.
+    use_bias: add `bias` as nn.Conv does.
+    dtype: compute dtype (params stay float32).
+    kernel_init: as nn.Conv's.
+  """
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x: [B, H, W, Cin] -> [B, Ho, Wo, features]."""
+    chex.assert_rank(x, 4)
+    k = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
+                        jnp.float32)
+    y = conv2d_matmul_kernel_grad(x.astype(self.dtype), kernel.astype(self.dtype),
+                                  self.stride, self.padding)
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)

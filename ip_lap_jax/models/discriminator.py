@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from ip_lap_jax import ops
+from ip_lap_jax.models.conv import Conv
 
 Array = jax.Array
 
@@ -68,9 +69,8 @@ class MultiscaleDiscriminator(nn.Module):
     spec = self._widths_and_strides()
     feats = []
     for j, (features, stride, norm) in enumerate(spec):
-      x = nn.Conv(features, (_KERNEL, _KERNEL), strides=(stride, stride),
-                  padding=ops.conv_padding(_PADDING), dtype=self.dtype,
-                  kernel_init=_KERNEL_INIT, name=f'scale{scale}_layer{j}_0')(x)
+      x = Conv(features, _KERNEL, stride, _PADDING, dtype=self.dtype,
+               kernel_init=_KERNEL_INIT, name=f'scale{scale}_layer{j}_0')(x)
       if norm:
         x = ops.instance_norm(x)
       if j < len(spec) - 1:

@@ -46,7 +46,8 @@ IMAGE_KEYS = ("face", "sketches", "ref_images", "ref_sketches")
 def make_models(cfg: ml_collections.ConfigDict) -> tuple[Renderer, MultiscaleDiscriminator]:
   dtype = jnp.dtype(cfg.model.dtype)
   d = cfg.discriminator
-  return (Renderer(use_warping=cfg.model.use_warping, use_audio=cfg.model.use_audio, dtype=dtype),
+  return (Renderer(use_warping=cfg.model.use_warping, use_audio=cfg.model.use_audio, dtype=dtype,
+                   conv_algorithm=cfg.model.get("conv_algorithm", "auto")),
           MultiscaleDiscriminator(ndf=d.ndf, n_layers=d.n_layers, num_d=d.num_d, dtype=dtype))
 
 
