@@ -5,8 +5,8 @@ at about 80 GFLOP/s per core here, while Winograd's algorithm computes the same
 convolution with 4x fewer multiplications: each 6x6 input tile and the 3x3 kernel are
 transformed (`B^T d B`, `G g G^T`), multiplied channel-wise as 36 batched matrix
 products, and transformed back (`A^T m A`) into a 4x4 output tile. It is exact in real
-arithmetic; in float32 its rounding error is about 6x that of a direct convolution
-(see below for the points), well inside the project's 1e-4 parity tolerance. cuDNN and oneDNN pick Winograd kernels
+arithmetic; its float32 rounding is a few times a direct convolution's (points below),
+well inside the project's 1e-4 parity tolerance. cuDNN and oneDNN pick Winograd kernels
 themselves, so `algorithm="auto"` uses it on the CPU backend only, and only for float32
 or float64 compute (bfloat16 would amplify its rounding).
 
@@ -61,6 +61,26 @@ WINOGRAD_TRANSFORMS: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
          [0, 2 / 3, -4 / 9, -3 / 2, 1, 0], [0, -3 / 2, -9 / 4, 2 / 3, 1, 0],
          [0, 3 / 2, -9 / 4, -2 / 3, 1, 0], [0, 1, 0, -97 / 36, 0, 1]]),
 }
+
+
+def _conv(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+  """XLA's convolution, NHWC x HWIO, symmetric padding (PyTorch's `padding=p`)."""
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding),) * 2,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_with_params(module: nn.Module, x: Array, kernel_size: int, kernel_init: Any,
+                      conv_fn) -> Array:
+  """nn.Conv's parameters (`kernel` [k, k, Cin, features], optional `bias`, float32) and
+  compute-dtype casts around `conv_fn(x, kernel)`; called from a module's compact method."""
+  chex.assert_rank(x, 4)
+  kernel = module.param("kernel", kernel_init,
+                        (kernel_size, kernel_size, x.shape[-1], module.features), jnp.float32)
+  y = conv_fn(x.astype(module.dtype), kernel.astype(module.dtype))
+  if module.use_bias:
+    bias = module.param("bias", nn.initializers.zeros, (module.features,), jnp.float32)
+    y = y + bias.astype(module.dtype)
+  return y
 
 
 def _combine(matrix: np.ndarray, terms: list[Array]) -> list[Array]:
@@ -160,8 +180,7 @@ winograd_conv3x3.defvjp(_winograd_fwd, _winograd_bwd)
 
 def direct_conv3x3(x: Array, kernel: Array) -> Array:
   """The same convolution by XLA's convolution (what `nn.Conv` computes)."""
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return _conv(x, kernel, 1, 1)
 
 
 # Below this many input channels the transforms cost more than the saved multiplications
@@ -204,23 +223,11 @@ class Conv3x3(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    chex.assert_rank(x, 4)
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (3, 3, x.shape[-1], self.features), jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if uses_winograd(self.algorithm, self.dtype, x.shape[-1]):
-      y = winograd_conv3x3(x, kernel, self.output_tile)
+      conv_fn = lambda x, k: winograd_conv3x3(x, k, self.output_tile)  # noqa: E731
     else:
-      y = direct_conv3x3(x, kernel)
-    if self.use_bias:
-      bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-      y = y + bias.astype(self.dtype)
-    return y
-
-
-def _conv(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding),) * 2,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      conv_fn = direct_conv3x3
+    return _conv_with_params(self, x, 3, nn.initializers.lecun_normal(), conv_fn)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -279,13 +286,6 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """x: [B, H, W, Cin] -> [B, Ho, Wo, features]."""
-    chex.assert_rank(x, 4)
-    k = self.kernel_size
-    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
-                        jnp.float32)
-    y = conv2d_matmul_kernel_grad(x.astype(self.dtype), kernel.astype(self.dtype),
-                                  self.stride, self.padding)
-    if self.use_bias:
-      bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-      y = y + bias.astype(self.dtype)
-    return y
+    return _conv_with_params(
+        self, x, self.kernel_size, self.kernel_init,
+        lambda x, k: conv2d_matmul_kernel_grad(x, k, self.stride, self.padding))

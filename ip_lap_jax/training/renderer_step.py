@@ -47,7 +47,7 @@ def make_models(cfg: ml_collections.ConfigDict) -> tuple[Renderer, MultiscaleDis
   dtype = jnp.dtype(cfg.model.dtype)
   d = cfg.discriminator
   return (Renderer(use_warping=cfg.model.use_warping, use_audio=cfg.model.use_audio, dtype=dtype,
-                   conv_algorithm=cfg.model.get("conv_algorithm", "auto")),
+                   conv_algorithm=cfg.model.conv_algorithm),
           MultiscaleDiscriminator(ndf=d.ndf, n_layers=d.n_layers, num_d=d.num_d, dtype=dtype))
 
 
