@@ -44,12 +44,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   cfg.variants = ",".join(sorted(variants))
 
   # conv_algorithm: how the renderer's 3x3 convolutions compute ('auto', 'winograd',
-  # 'direct'; ip_lap_jax/models/conv.py). Speed only. Training defaults to 'direct': at the
-  # release's N=3 references a CPU train step measured 12.1 s direct vs 13.8 s 'auto'
-  # (Winograd pays off in inference's N=25 forward pass, where 'auto' is the default).
+  # 'direct'; ip_lap_jax/models/conv.py). Speed only. 'auto' uses Winograd on the CPU
+  # backend (float32), for every layer in a train step, whose kernel gradients XLA's CPU
+  # backend runs at half its forward speed: a CPU step at the release's N=3 references
+  # and batch 2 measured 8.0-8.4 s, against 12.1-12.3 s 'direct'.
   cfg.model = ml_collections.ConfigDict(dict(
       use_warping="no_warp" not in variants, use_audio="no_audio" not in variants,
-      dtype="float32", conv_algorithm="direct"))
+      dtype="float32", conv_algorithm="auto"))
   cfg.discriminator = ml_collections.ConfigDict(dict(ndf=64, n_layers=3, num_d=2))
   # Converted VGG19 weights (a converted renderer checkpoint carries them, or torchvision's).
   cfg.vgg_from = ""

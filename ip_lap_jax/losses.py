@@ -3,7 +3,8 @@
 - `landmark_loss`: L1 + velocity loss of train_landmarks_generator.py.
 - `perceptual_loss`: the renderer's VGG19 L1 perceptual loss (2 scales) with the Gram
   style term, as `PerceptualLoss` in models/video_renderer.py, including its quirk of
-  mapping [0, 1] images through (x + 1) / 2 before the ImageNet normalisation.
+  mapping [0, 1] images through (x + 1) / 2 before the ImageNet normalisation;
+  `perceptual_losses` scores several inputs against one target in one VGG pass.
 - `lsgan_loss`, `feature_matching_loss`, `discriminator_loss`,
   `renderer_generator_loss`: the GAN terms and weighting of train_video_renderer.py.
 
@@ -35,8 +36,9 @@ _PAIRWISE_EPS = 1e-6
 
 
 def _l1(a: Array, b: Array) -> Array:
-  """Mean absolute difference, in float32."""
-  d = a.astype(jnp.float32) - b.astype(jnp.float32)
+  """Mean absolute difference, in float32 (float64 for float64 inputs)."""
+  wide = ops.at_least_float32(jnp.result_type(a, b))
+  d = a.astype(wide) - b.astype(wide)
   # d * sign(d) has PyTorch's L1 gradient sign(d), which is 0 at a tie; jnp.abs has 1.
   return jnp.mean(d * jax.lax.stop_gradient(jnp.sign(d)))
 
@@ -80,18 +82,64 @@ def landmark_loss(pred: Array, gt: Array) -> tuple[Array, dict[str, Array]]:
 
 def imagenet_normalize(x: Array) -> Array:
   """[B, H, W, 3] -> ((x + 1) / 2 - mean) / std, the release's normalisation (see module doc)."""
-  mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-  std = jnp.asarray(IMAGENET_STD, jnp.float32)
-  return ((x.astype(jnp.float32) + 1.0) / 2.0 - mean) / std
+  wide = ops.at_least_float32(x.dtype)
+  mean = jnp.asarray(IMAGENET_MEAN, wide)
+  std = jnp.asarray(IMAGENET_STD, wide)
+  return ((x.astype(wide) + 1.0) / 2.0 - mean) / std
 
 
 def gram_matrix(f: Array) -> Array:
   """[B, H, W, C] -> [B, C, C] = f^T f / (H * W * C), in float32."""
   chex.assert_rank(f, 4)
   b, h, w, c = f.shape
-  f = f.astype(jnp.float32).reshape(b, h * w, c)
+  f = f.astype(ops.at_least_float32(f.dtype)).reshape(b, h * w, c)
   gram = jnp.einsum('bnc,bnd->bcd', f, f, precision=jax.lax.Precision.HIGHEST)
   return gram / (h * w * c)
+
+
+def perceptual_losses(vgg_variables: Mapping[str, Any], inputs: Sequence[Array], target: Array,
+                      *, use_style: Sequence[bool], style_weight: float = STYLE_WEIGHT,
+                      num_scales: int = 2, layers: Sequence[str] = PERCEPTUAL_LAYERS,
+                      dtype: Any = jnp.float32) -> list[Array]:
+  """`perceptual_loss` of several inputs against one target, one VGG pass per scale.
+
+  The renderer scores its warped and its generated face against the same ground truth;
+  the target's features are computed once for both (the release computes them twice).
+
+  Args:
+    vgg_variables, target, style_weight, num_scales, layers, dtype: as `perceptual_loss`.
+    inputs: images [B, H, W, 3], each of target's shape.
+    use_style: per input, whether its loss adds the Gram style term.
+  Returns:
+    one scalar float32 per input.
+  """
+  if len(inputs) != len(use_style):
+    raise ValueError(f'{len(inputs)} inputs but {len(use_style)} use_style flags')
+  chex.assert_equal_shape((*inputs, target))
+  chex.assert_rank(target, 4)
+  chex.assert_axis_dimension(target, 3, 3)
+  vgg = VGG19Features(dtype=dtype)
+  vgg_variables = jax.lax.stop_gradient(vgg_variables)
+  batch = target.shape[0]
+  images = jnp.concatenate([imagenet_normalize(x) for x in inputs]
+                           + [imagenet_normalize(jax.lax.stop_gradient(target))], axis=0)
+  zero = jnp.zeros((), jnp.float32)
+  content, style = [zero] * len(inputs), [zero] * len(inputs)
+  for scale in range(num_scales):
+    feats = vgg.apply(vgg_variables, images)
+    for name in layers:
+      ft = jax.lax.stop_gradient(feats[name][-batch:])
+      gram_t = gram_matrix(ft) if scale == 0 and any(use_style) else None
+      for i, styled in enumerate(use_style):
+        fi = feats[name][i * batch:(i + 1) * batch]
+        content[i] = content[i] + _l1(fi, ft)
+        if styled and scale == 0:
+          style[i] = style[i] + _l1(gram_matrix(fi), gram_t)
+    if scale != num_scales - 1:
+      h, w = images.shape[1:3]
+      images = ops.resize_bilinear(images, (h // 2, w // 2))
+  return [c + style_weight * s if styled else c
+          for c, s, styled in zip(content, style, use_style)]
 
 
 def perceptual_loss(vgg_variables: Mapping[str, Any], inp: Array, target: Array, *,
@@ -117,33 +165,9 @@ def perceptual_loss(vgg_variables: Mapping[str, Any], inp: Array, target: Array,
   Returns:
     scalar float32.
   """
-  chex.assert_equal_shape((inp, target))
-  chex.assert_rank(inp, 4)
-  chex.assert_axis_dimension(inp, 3, 3)
-  vgg = VGG19Features(dtype=dtype)
-  vgg_variables = jax.lax.stop_gradient(vgg_variables)
-  batch = inp.shape[0]
-  inp = imagenet_normalize(inp)
-  target = imagenet_normalize(jax.lax.stop_gradient(target))
-  loss = jnp.zeros((), jnp.float32)
-  style = jnp.zeros((), jnp.float32)
-  for scale in range(num_scales):
-    # One VGG pass over [inp; target] instead of two.
-    feats = vgg.apply(vgg_variables, jnp.concatenate([inp, target], axis=0))
-    for name in layers:
-      fi = feats[name][:batch]
-      ft = jax.lax.stop_gradient(feats[name][batch:])
-      loss = loss + _l1(fi, ft)
-      if use_style and scale == 0:
-        style = style + _l1(gram_matrix(fi), gram_matrix(ft))
-    if scale != num_scales - 1:
-      h, w = inp.shape[1:3]
-      size = (h // 2, w // 2)
-      inp = ops.resize_bilinear(inp, size)
-      target = ops.resize_bilinear(target, size)
-  if use_style:
-    return loss + style_weight * style
-  return loss
+  return perceptual_losses(vgg_variables, [inp], target, use_style=[use_style],
+                           style_weight=style_weight, num_scales=num_scales, layers=layers,
+                           dtype=dtype)[0]
 
 
 # ---------------------------------------------------------------------------------- GAN

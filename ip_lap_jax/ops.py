@@ -19,6 +19,12 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def at_least_float32(dtype) -> jnp.dtype:
+  """The dtype for statistics, coordinates and losses: float32 under float32 or bfloat16
+  compute, float64 under float64 compute (exact gradient checks against PyTorch float64)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def conv_padding(padding: int | Sequence[int], ndim: int = 2) -> tuple[tuple[int, int], ...]:
   """Explicit symmetric padding for `nn.Conv`, as PyTorch's `padding=p` means it.
 
@@ -115,7 +121,7 @@ def grid_sample(x: Array, grid: Array) -> Array:
   chex.assert_equal_shape_prefix([x, grid], 1)
   b, h, w, c = x.shape
   dtype = x.dtype
-  grid = grid.astype(jnp.float32)
+  grid = grid.astype(at_least_float32(grid.dtype))
   ix = ((grid[..., 0] + 1.0) * w - 1.0) / 2.0
   iy = ((grid[..., 1] + 1.0) * h - 1.0) / 2.0
   ix0 = jnp.floor(ix)
@@ -175,7 +181,7 @@ def instance_norm(x: Array, eps: float = 1e-5) -> Array:
     [B, H, W, C] in x's dtype.
   """
   chex.assert_rank(x, 4)
-  x32 = x.astype(jnp.float32)
+  x32 = x.astype(at_least_float32(x.dtype))
   mean = jnp.mean(x32, axis=(1, 2), keepdims=True)
   var = jnp.mean(jnp.square(x32 - mean), axis=(1, 2), keepdims=True)
   return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -64,16 +66,42 @@ def test_float32_rounding_is_bounded():
   assert f4 <= 5.0 * direct
 
 
-def test_gradients_equal_direct_convolution():
-  x, k = _random((1, 6, 10, 4), 4), _random((3, 3, 4, 3), 5)
-  cotangent = _random((1, 6, 10, 3), 6)
+@pytest.mark.parametrize("tile", sorted(conv.WINOGRAD_TRANSFORMS))
+def test_gradients_equal_direct_convolution(tile):
+  """Input and kernel gradients (both by Winograd), at a size that is no tile multiple."""
+  x, k = _random((2, 7, 10, 4), 4), _random((3, 3, 4, 3), 5)
+  cotangent = _random((2, 7, 10, 3), 6)
   with jax.enable_x64(True):
     def loss(conv_fn):
       return lambda x, k: jnp.sum(conv_fn(x, k) * cotangent)
-    got = jax.grad(loss(conv.winograd_conv3x3), argnums=(0, 1))(jnp.asarray(x), jnp.asarray(k))
+    winograd = lambda x, k: conv.winograd_conv3x3(x, k, tile)  # noqa: E731
+    got = jax.grad(loss(winograd), argnums=(0, 1))(jnp.asarray(x), jnp.asarray(k))
     want = jax.grad(loss(conv.direct_conv3x3), argnums=(0, 1))(jnp.asarray(x), jnp.asarray(k))
   for g, w in zip(got, want):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=0, atol=1e-11)
+
+
+def test_float32_kernel_gradient_rounding_is_bounded():
+  """The kernel gradient sums over every pixel; by F(4x4) its float32 error against
+  float64 truth stays within 2x that of XLA's own kernel gradient (measured: below it)."""
+  x, dy = _random((2, 32, 32, 64), 8), _random((2, 32, 32, 32), 9)
+  k = np.zeros((3, 3, 64, 32))
+
+  def kernel_grad(conv_fn, x, dy, k):
+    return jax.vjp(lambda k_: conv_fn(x, k_), k)[1](dy)[0]
+
+  with jax.enable_x64(True):
+    truth = np.asarray(kernel_grad(conv.direct_conv3x3, *map(jnp.asarray, (x, dy, k))))
+  args32 = [jnp.asarray(a, jnp.float32) for a in (x, dy, k)]
+
+  def rms(conv_fn):
+    got = jax.jit(functools.partial(kernel_grad, conv_fn))(*args32)
+    return float(np.sqrt(np.mean((np.asarray(got, np.float64) - truth) ** 2)))
+
+  direct = rms(conv.direct_conv3x3)
+  f4 = rms(lambda x, k: conv.winograd_conv3x3(x, k, 4))
+  assert 0 < direct < 1e-3 * float(np.sqrt(np.mean(truth ** 2)))
+  assert f4 <= 2.0 * direct
 
 
 @pytest.mark.parametrize("algorithm", ["winograd", "direct"])
@@ -98,11 +126,50 @@ def test_conv3x3_is_a_drop_in_for_nn_conv(algorithm):
 def test_algorithm_choice():
   assert conv.uses_winograd("auto", jnp.float32, 256) == (jax.default_backend() == "cpu")
   assert not conv.uses_winograd("auto", jnp.float32, conv.WINOGRAD_MIN_CHANNELS - 1)
+  assert conv.uses_winograd("auto", jnp.float32, 3, differentiated=True) == (
+      jax.default_backend() == "cpu")
+  assert not conv.uses_winograd("auto", jnp.bfloat16, 256, differentiated=True)
   assert not conv.uses_winograd("auto", jnp.bfloat16, 256)
   assert conv.uses_winograd("winograd", jnp.bfloat16, 3)
   assert not conv.uses_winograd("direct", jnp.float32, 256)
   with pytest.raises(ValueError, match="conv algorithm"):
     conv.uses_winograd("fast", jnp.float32, 256)
+
+
+def test_winograd_if_differentiated_is_direct_forward_and_winograd_backward():
+  """Forward-only: bit-equal to XLA's convolution. Under jax.grad: Winograd's own
+  gradients (bit-equal to winograd_conv3x3's), which equal the direct ones to rounding."""
+  x = jnp.asarray(_random((2, 9, 8, 16), 10), jnp.float32)
+  k = jnp.asarray(_random((3, 3, 16, 8), 11, scale=0.1), jnp.float32)
+  cotangent = jnp.asarray(_random((2, 9, 8, 8), 12), jnp.float32)
+  fwd = jax.jit(conv.winograd_if_differentiated, static_argnums=2)
+  np.testing.assert_array_equal(np.asarray(fwd(x, k, 4)), np.asarray(jax.jit(conv.direct_conv3x3)(x, k)))
+
+  def grads(conv_fn):
+    return jax.jit(jax.grad(lambda x, k: jnp.sum(conv_fn(x, k) * cotangent), argnums=(0, 1)))(x, k)
+
+  got = grads(lambda x, k: conv.winograd_if_differentiated(x, k, 4))
+  winograd = grads(lambda x, k: conv.winograd_conv3x3(x, k, 4))
+  direct = grads(conv.direct_conv3x3)
+  for g, w, d in zip(got, winograd, direct):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    np.testing.assert_allclose(np.asarray(g), np.asarray(d), rtol=0,
+                               atol=1e-5 * float(np.abs(np.asarray(d)).max()))
+
+
+def test_conv3x3_auto_differentiates_narrow_layers_by_winograd():
+  """A 64-channel layer: XLA's forward pass, Winograd's gradients (on the CPU backend)."""
+  x = jnp.asarray(_random((1, 8, 8, 64), 13), jnp.float32)
+  layer = conv.Conv3x3(8)
+  variables = layer.init(jax.random.key(1), x)
+
+  def kernel_grad(module):
+    return jax.grad(lambda v: jnp.sum(module.apply(v, x) ** 2))(variables)["params"]["kernel"]
+
+  np.testing.assert_array_equal(np.asarray(layer.apply(variables, x)),
+                                np.asarray(conv.Conv3x3(8, algorithm="direct").apply(variables, x)))
+  want = conv.Conv3x3(8, algorithm="winograd" if jax.default_backend() == "cpu" else "direct")
+  np.testing.assert_array_equal(np.asarray(kernel_grad(layer)), np.asarray(kernel_grad(want)))
 
 
 @pytest.mark.parametrize("stride,padding", [(1, 2), (2, 2), (2, 0)])

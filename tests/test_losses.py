@@ -121,6 +121,39 @@ def test_style_term_adds_to_the_loss(perceptual_case):
   assert perceptual_case['same'] == 0.0
 
 
+def test_perceptual_losses_share_the_target_pass():
+  """Scoring two inputs in one call (the target's VGG features computed once) gives each
+  input the loss and gradient of its own `perceptual_loss` call."""
+  _, variables = converted_vgg(seed=4)
+  inp, tgt = noise_and_smooth_images()
+  other = 0.5 * inp[::-1] + 0.25
+
+  def separate(a, b, t):
+    return jnp.stack([losses.perceptual_loss(variables, a, t, use_style=False),
+                      losses.perceptual_loss(variables, b, t, use_style=True)])
+
+  def joint(a, b, t):
+    return jnp.stack(losses.perceptual_losses(variables, [a, b], t, use_style=[False, True]))
+
+  def values_and_grads(fn):
+    # a only reaches the first loss and b the second: one weighted gradient holds both.
+    def weighted(*a):
+      values = fn(*a)
+      return values @ jnp.array([1.0, 3.0]), values
+    return jax.jit(jax.value_and_grad(weighted, argnums=(0, 1), has_aux=True))
+
+  args = tuple(map(jnp.asarray, (inp, other, tgt)))
+  (_, want), want_grads = values_and_grads(separate)(*args)
+  (_, got), got_grads = values_and_grads(joint)(*args)
+  assert float(want[1]) > float(want[0]) > 0.0
+  assert rel_err(np.asarray(got), np.asarray(want)) <= VALUE_RTOL
+  for g, w in zip(got_grads, want_grads):
+    assert np.abs(np.asarray(w)).max() > 0.0
+    assert rel_err(np.asarray(g), np.asarray(w)) <= GRAD_RTOL
+  with pytest.raises(ValueError, match='2 inputs but 1 use_style'):
+    losses.perceptual_losses(variables, [inp, other], tgt, use_style=[True])
+
+
 def _disc_outputs(rng, batch=2):
   """Random tensors with the discriminator's output shapes at 32x32 input."""
   shapes = [[(17, 64), (9, 128), (5, 256), (6, 512), (7, 1)],

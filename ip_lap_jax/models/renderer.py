@@ -77,7 +77,7 @@ class GroupedBatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(ops.at_least_float32(x.dtype))
     if train:
       mean = jnp.mean(x32, axis=(1, 2, 3), keepdims=True)  # [G, 1, 1, 1, C]
       devices = 1
@@ -117,19 +117,19 @@ def _unfold(x: Array, b: int) -> Array:
   return x.reshape((b, -1) + x.shape[1:])
 
 
-def identity_grid(h: int, w: int) -> Array:
+def identity_grid(h: int, w: int, dtype: Any = jnp.float32) -> Array:
   """The release's `make_coordinate_grid`: [h, w, 2] (x, y), built align-corners style."""
-  xs = 2.0 * (jnp.arange(w, dtype=jnp.float32) / (w - 1)) - 1.0
-  ys = 2.0 * (jnp.arange(h, dtype=jnp.float32) / (h - 1)) - 1.0
+  xs = 2.0 * (jnp.arange(w, dtype=dtype) / (w - 1)) - 1.0
+  ys = 2.0 * (jnp.arange(h, dtype=dtype) / (h - 1)) - 1.0
   return jnp.stack(jnp.broadcast_arrays(xs[None, :], ys[:, None]), axis=-1)
 
 
 def flow_to_deformation(flow: Array) -> Array:
   """flow: [B, H, W, 2] in pixels (x, y) -> sampling grid [B, H, W, 2] in [-1, 1] units."""
   _, h, w, _ = flow.shape
-  flow = flow.astype(jnp.float32)
+  flow = flow.astype(ops.at_least_float32(flow.dtype))
   norm = 2.0 * jnp.stack([flow[..., 0] / (w - 1), flow[..., 1] / (h - 1)], axis=-1)
-  return identity_grid(h, w)[None] + norm
+  return identity_grid(h, w, flow.dtype)[None] + norm
 
 
 def warp(source: Array, deformation: Array) -> Array:
@@ -215,16 +215,17 @@ class DenseFlowNetwork(nn.Module):
 
     hidden = nn.relu(_conv(32, 7, padding=3, dtype=dt, name="conv_5_0")(feat))
     weight = nn.sigmoid(_conv(1, 7, padding=3, dtype=dt, name="conv_5_2")(hidden))
-    weight = _unfold(weight.astype(jnp.float32), b)  # [B, N, H, W, 1]
+    wide = ops.at_least_float32(dt)
+    weight = _unfold(weight.astype(wide), b)  # [B, N, H, W, 1]
 
     sources = (h1, h2, ref_images)
     if self.use_warping:
       # The flow is in pixels (tens of them): bfloat16's 8-bit mantissa would quantise it
       # to ~0.1 px, so this small conv (2 outputs) and the warp run in float32.
-      flow = _conv(2, 7, padding=3, dtype=jnp.float32, name="conv_4")(feat.astype(jnp.float32))
+      flow = _conv(2, 7, padding=3, dtype=wide, name="conv_4")(feat.astype(wide))
       deformation = flow_to_deformation(flow)
       sources = tuple(_unfold(warp(_fold(s), deformation), b) for s in sources)
-    sources = tuple(s.astype(jnp.float32) for s in sources)
+    sources = tuple(s.astype(wide) for s in sources)
 
     weight_half = _unfold(ops.resize_nearest(_fold(weight), half), b)
     denominator = jnp.sum(weight, axis=1) + 1e-5
@@ -291,7 +292,7 @@ class TranslationNetwork(nn.Module):
     x = SPADE(64, dtype=dt, conv_algorithm=algo, name="spade_4")(x, warped_ref)
     x = nn.leaky_relu(x, 0.01)  # PyTorch's default slope here, not the blocks' 0.2
     x = _conv(3, 7, padding=3, use_bias=False, dtype=dt, name="conv_last")(x)
-    return nn.sigmoid(x.astype(jnp.float32))
+    return nn.sigmoid(x.astype(ops.at_least_float32(x.dtype)))
 
 
 def mask_lower_half(face: Array) -> Array:

@@ -89,9 +89,13 @@ def init_state(gen_vars: dict[str, Any], disc_vars: dict[str, Any],
           "rng": rng}
 
 
-def _perceptual(vgg_vars, cfg, inp, target, use_style):
-  return losses.perceptual_loss(vgg_vars, inp, target, use_style=use_style,
-                                style_weight=cfg.loss.style_weight, num_scales=cfg.loss.num_scales)
+def _perceptual(vgg_vars, cfg, warped, generated, target):
+  """(warp loss, gen loss): perceptual losses of the warped (no style) and the generated
+  (with style) face against the target, sharing the target's VGG features."""
+  warp_loss, gen_loss = losses.perceptual_losses(
+      vgg_vars, [warped, generated], target, use_style=[False, True],
+      style_weight=cfg.loss.style_weight, num_scales=cfg.loss.num_scales)
+  return warp_loss, gen_loss
 
 
 def train_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: dict[str, Any], *,
@@ -109,12 +113,11 @@ def train_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: di
           {"params": params, "batch_stats": state["batch_stats"]}, face, sketches,
           ref_images, ref_sketches, mels if cfg.model.use_audio else None, train=True,
           mutable=["batch_stats"])
-    warp_loss = _perceptual(vgg_vars, cfg, warped, face, False)
+    warp_loss, gen_loss = _perceptual(vgg_vars, cfg, warped, generated, face)
     d_apply = lambda x, p=disc_params: disc.apply({"params": p}, x)
     real_out = d_apply(face)
     d_loss = losses.discriminator_loss(d_apply(jax.lax.stop_gradient(generated)), real_out)
     if gan_phase:
-      gen_loss = _perceptual(vgg_vars, cfg, generated, face, True)
       g_disc_params = disc_params if quirk else jax.lax.stop_gradient(disc_params)
       fake_out = disc.apply({"params": g_disc_params}, generated)
       gan_loss = losses.lsgan_loss(fake_out, True)
@@ -122,8 +125,7 @@ def train_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: di
       epoch = cfg.loss.gan_start_epoch + 1  # the host already decided the phase
     else:
       # Logged only, as the release's 0 * perceptual_gen_loss.
-      gen_loss = jax.lax.stop_gradient(
-          _perceptual(vgg_vars, cfg, generated, face, True))
+      gen_loss = jax.lax.stop_gradient(gen_loss)
       gan_loss = fm_loss = jnp.zeros((), jnp.float32)
       epoch = 0
     g_loss = losses.renderer_generator_loss(warp_loss, gen_loss, gan_loss, fm_loss, epoch,
@@ -162,8 +164,8 @@ def eval_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: dic
   generated, warped = renderer.apply(
       {"params": state["params"], "batch_stats": state["batch_stats"]}, face, sketches,
       ref_images, ref_sketches, mels if cfg.model.use_audio else None, train=False)
-  metrics = {"warp_loss": _perceptual(vgg_vars, cfg, warped, face, False),
-             "gen_loss": _perceptual(vgg_vars, cfg, generated, face, True),
+  warp_loss, gen_loss = _perceptual(vgg_vars, cfg, warped, generated, face)
+  metrics = {"warp_loss": warp_loss, "gen_loss": gen_loss,
              "psnr": jnp.mean(metrics_lib.psnr(generated, face)),
              "ssim": jnp.mean(metrics_lib.ssim(generated, face))}
   images = {"sketch": sketches[:, 2], "refs": ref_images, "warped": warped,
