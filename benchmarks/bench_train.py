@@ -8,10 +8,15 @@ One full optimisation step per stage at the same batch, same device (this CPU):
   discriminator's backward and Adam step, as train_video_renderer.py.
 JAX: `ip_lap_jax.training.*_step.make_steps` (pmap over one device, XLA optimisations on),
 timed after a compile call. PyTorch: the mirror modules, `torch.set_num_threads(<usable cores>)`.
-Timings alternate between frameworks; the median of `--repeats` is reported with the
-ratio JAX examples/s / PyTorch examples/s.
 
-Run: .venv/bin/python benchmarks/bench_train.py --lm-batch 16 --ren-batch 2 --repeats 3
+Each framework is timed as a training loop runs, in blocks of `--repeats` consecutive
+steps after one untimed warm-up step; blocks alternate between the frameworks for
+`--rounds` rounds, so slow drifts of the machine hit both. (Strict step-by-step
+alternation penalised whichever framework ran second: here a JAX renderer step right after
+a PyTorch step took 10.6-11.2 s against 8.9-9.7 s in a run of JAX steps.) The median
+over all timed steps is reported with the ratio JAX examples/s / PyTorch examples/s.
+
+Run: .venv/bin/python benchmarks/bench_train.py --lm-batch 16 --ren-batch 2 --repeats 3 --rounds 2
 """
 
 from __future__ import annotations
@@ -146,16 +151,16 @@ def torch_renderer(batch_size: int):
   return step
 
 
-def bench(name: str, batch: int, make_jax, make_torch, repeats: int) -> dict:
+def bench(name: str, batch: int, make_jax, make_torch, repeats: int, rounds: int) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use
   j, t = make_jax(batch), make_torch(batch)
   compile_s = _timed(j)
-  _timed(t)  # warm-up
   jt, tt = [], []
-  for _ in range(repeats):
-    jt.append(_timed(j))
-    tt.append(_timed(t))
+  for _ in range(rounds):
+    for step, times in ((j, jt), (t, tt)):
+      step()  # warm-up after the other framework's block
+      times.extend(_timed(step) for _ in range(repeats))
   jm, tm = statistics.median(jt), statistics.median(tt)
   row = {"stage": name, "batch": batch, "jax_examples_s": batch / jm,
          "torch_examples_s": batch / tm, "ratio": tm / jm, "jax_first_call_s": compile_s,
@@ -169,16 +174,18 @@ def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--lm-batch", type=int, default=16)
   ap.add_argument("--ren-batch", type=int, default=2)
-  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--repeats", type=int, default=3, help="timed steps per block")
+  ap.add_argument("--rounds", type=int, default=2, help="blocks per framework")
   ap.add_argument("--stages", nargs="+", default=["landmark_generator", "renderer"])
   ap.add_argument("--json", type=str, default="")
   args = ap.parse_args()
   rows = []
   if "landmark_generator" in args.stages:
     rows.append(bench("landmark_generator", args.lm_batch, jax_landmark, torch_landmark,
-                      args.repeats))
+                      args.repeats, args.rounds))
   if "renderer" in args.stages:
-    rows.append(bench("renderer", args.ren_batch, jax_renderer, torch_renderer, args.repeats))
+    rows.append(bench("renderer", args.ren_batch, jax_renderer, torch_renderer, args.repeats,
+                      args.rounds))
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
 
