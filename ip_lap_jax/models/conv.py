@@ -107,12 +107,9 @@ def _combine(matrix: np.ndarray, terms: list[Array]) -> list[Array]:
   return out
 
 
-def _tile_counts(h: int, w: int, m: int) -> tuple[int, int]:
-  return -(-h // m), -(-w // m)
-
-
-def _winograd_input_tiles(x: Array, output_tile: int) -> Array:
-  """`B^T d B` of every (m + 2)-square input tile: x [B, H, W, Cin] -> [a * a, tiles, Cin].
+def _winograd_input_tiles(x: Array, output_tile: int) -> tuple[Array, int, int]:
+  """`B^T d B` of every (m + 2)-square input tile: x [B, H, W, Cin] -> ([a * a, tiles,
+  Cin], tiles_h, tiles_w), tiles = B * tiles_h * tiles_w.
 
   Tiles overlap by two pixels and start every m pixels of the zero-padded input (the
   convolution's one pixel, plus whatever completes the last tile).
@@ -121,13 +118,13 @@ def _winograd_input_tiles(x: Array, output_tile: int) -> Array:
   m = output_tile
   alpha = m + 2
   b, h, w, cin = x.shape
-  tiles_h, tiles_w = _tile_counts(h, w, m)
+  tiles_h, tiles_w = -(-h // m), -(-w // m)
   xp = jnp.pad(x, ((0, 0), (1, tiles_h * m + 1 - h), (1, tiles_w * m + 1 - w), (0, 0)))
   bt = bt.astype(np.dtype(x.dtype.name))
   rows = _combine(bt, [xp[:, i:i + tiles_h * m:m] for i in range(alpha)])
   v = jnp.stack([jnp.stack(_combine(bt, [r[:, :, j:j + tiles_w * m:m] for j in range(alpha)]))
                  for r in rows])  # [alpha, alpha, B, tiles_h, tiles_w, Cin]
-  return v.reshape(alpha * alpha, b * tiles_h * tiles_w, cin)
+  return v.reshape(alpha * alpha, b * tiles_h * tiles_w, cin), tiles_h, tiles_w
 
 
 def _winograd_conv3x3(x: Array, kernel: Array, output_tile: int) -> Array:
@@ -138,9 +135,8 @@ def _winograd_conv3x3(x: Array, kernel: Array, output_tile: int) -> Array:
   at, g, _ = WINOGRAD_TRANSFORMS[output_tile]
   m, alpha = at.shape
   b, h, w, cin = x.shape
+  v, tiles_h, tiles_w = _winograd_input_tiles(x, m)
   cout = kernel.shape[-1]
-  tiles_h, tiles_w = _tile_counts(h, w, m)
-  v = _winograd_input_tiles(x, m)
   g = jnp.asarray(g, kernel.dtype)
   u = jnp.einsum("ik,klcd,jl->ijcd", g, kernel, g, precision=jax.lax.Precision.HIGHEST)
   prod = jnp.einsum("ptc,pcd->ptd", v, u.reshape(alpha * alpha, cin, cout))
@@ -169,9 +165,8 @@ def _winograd_kernel_grad(x: Array, dy: Array, output_tile: int) -> Array:
   at, g, _ = WINOGRAD_TRANSFORMS[output_tile]
   m, alpha = at.shape
   b, h, w, cin = x.shape
+  v, tiles_h, tiles_w = _winograd_input_tiles(x, m)
   cout = dy.shape[-1]
-  tiles_h, tiles_w = _tile_counts(h, w, m)
-  v = _winograd_input_tiles(x, m)
   # Zero cotangent on the rows and columns that only complete the last tiles.
   dy = jnp.pad(dy, ((0, 0), (0, tiles_h * m - h), (0, tiles_w * m - w), (0, 0)))
   dy = dy.reshape(b, tiles_h, m, tiles_w, m, cout).transpose(2, 4, 0, 1, 3, 5)
