@@ -17,6 +17,7 @@ from ip_lap_jax.torch_mirror.inception import FIDInceptionV3Torch
 from ip_lap_jax.torch_mirror.landmark_generator import Landmark_generator
 from ip_lap_jax.torch_mirror.renderer import RendererTorch
 from ip_lap_jax.torch_mirror.vgg import vgg19_features
+from tests.conversion_asserts import assert_conversion_error
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -124,12 +125,9 @@ def test_errors_name_every_bad_key_at_once(lg_state_dict, lg_template):
   pe = bad["fusion_transformer.position_a.pe"].clone()
   pe[0, 3, 0] += 0.5
   bad["fusion_transformer.position_a.pe"] = pe
-  with pytest.raises(convert.ConversionError) as info:
-    convert.state_dict_to_variables(bad, lg_template)
-  message = str(info.value)
-  assert "1 unknown keys" in message and "fusion_transformer.extra_head.weight" in message
-  assert "1 missing keys" in message and "mouse_keypoint_map.bias" in message
-  assert "1 mis-shaped keys" in message and "jaw_keypoint_map.weight" in message
+  message = assert_conversion_error(
+      bad, lg_template, unknown="fusion_transformer.extra_head.weight",
+      missing="mouse_keypoint_map.bias", misshaped="jaw_keypoint_map.weight")
   assert "(512, 35)" in message and "(512, 34)" in message
   assert "fusion_transformer.position_a.pe" in message
 
