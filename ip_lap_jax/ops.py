@@ -172,8 +172,8 @@ def pixel_shuffle(x: Array, upscale: int) -> Array:
 def instance_norm(x: Array, eps: float = 1e-5) -> Array:
   """`nn.InstanceNorm2d(affine=False)` on NHWC: per sample and channel, biased variance.
 
-  Statistics are taken in float32 whatever the compute dtype, so bfloat16 compute does
-  not lose the normalisation.
+  Statistics are taken in at least float32 (`at_least_float32`), so bfloat16 compute
+  does not lose the normalisation.
 
   Args:
     x: [B, H, W, C].
@@ -181,10 +181,10 @@ def instance_norm(x: Array, eps: float = 1e-5) -> Array:
     [B, H, W, C] in x's dtype.
   """
   chex.assert_rank(x, 4)
-  x32 = x.astype(at_least_float32(x.dtype))
-  mean = jnp.mean(x32, axis=(1, 2), keepdims=True)
-  var = jnp.mean(jnp.square(x32 - mean), axis=(1, 2), keepdims=True)
-  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+  x_wide = x.astype(at_least_float32(x.dtype))
+  mean = jnp.mean(x_wide, axis=(1, 2), keepdims=True)
+  var = jnp.mean(jnp.square(x_wide - mean), axis=(1, 2), keepdims=True)
+  return ((x_wide - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
 def avg_pool_3x3_s2_p1_exclude_pad(x: Array) -> Array:

@@ -290,17 +290,13 @@ class Conv3x3(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    cin = x.shape[-1]
+    cin, tile = x.shape[-1], self.output_tile
     if uses_winograd(self.algorithm, self.dtype, cin):
-      winograd = winograd_conv3x3
+      conv_fn = lambda x, k: winograd_conv3x3(x, k, tile)  # noqa: E731
     elif uses_winograd(self.algorithm, self.dtype, cin, differentiated=True):
-      winograd = winograd_if_differentiated
+      conv_fn = lambda x, k: winograd_if_differentiated(x, k, tile)  # noqa: E731
     else:
-      winograd = None
-    if winograd is None:
       conv_fn = direct_conv3x3
-    else:
-      conv_fn = lambda x, k: winograd(x, k, self.output_tile)  # noqa: E731
     return _conv_with_params(self, x, 3, nn.initializers.lecun_normal(), conv_fn)
 
 

@@ -59,7 +59,7 @@ class GroupedBatchNorm(nn.Module):
   holds. G = 1 is plain BatchNorm2d with PyTorch's running-variance update.
 
   Attributes:
-    dtype: compute dtype; statistics are taken in float32.
+    dtype: compute dtype; statistics are taken in float32 (float64 under float64 compute).
     epsilon: 1e-5 as in PyTorch.
     axis_name: when set (inside pmap), training statistics are averaged over that axis:
       synchronised BatchNorm, as one large batch split evenly over the devices.
@@ -77,14 +77,14 @@ class GroupedBatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
-    x32 = x.astype(ops.at_least_float32(x.dtype))
+    x_wide = x.astype(ops.at_least_float32(x.dtype))
     if train:
-      mean = jnp.mean(x32, axis=(1, 2, 3), keepdims=True)  # [G, 1, 1, 1, C]
+      mean = jnp.mean(x_wide, axis=(1, 2, 3), keepdims=True)  # [G, 1, 1, 1, C]
       devices = 1
       if self.axis_name is not None:
         mean = jax.lax.pmean(mean, self.axis_name)
         devices = jax.lax.psum(1, self.axis_name)
-      var = jnp.mean(jnp.square(x32 - mean), axis=(1, 2, 3), keepdims=True)
+      var = jnp.mean(jnp.square(x_wide - mean), axis=(1, 2, 3), keepdims=True)
       if self.axis_name is not None:
         var = jax.lax.pmean(var, self.axis_name)
       if not self.is_initializing():
@@ -97,7 +97,7 @@ class GroupedBatchNorm(nn.Module):
         ra_mean.value, ra_var.value = new_mean, new_var
     else:
       mean, var = ra_mean.value, ra_var.value
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+    y = (x_wide - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
     return y.astype(self.dtype)
 
 

@@ -92,10 +92,9 @@ def init_state(gen_vars: dict[str, Any], disc_vars: dict[str, Any],
 def _perceptual(vgg_vars, cfg, warped, generated, target):
   """(warp loss, gen loss): perceptual losses of the warped (no style) and the generated
   (with style) face against the target, sharing the target's VGG features."""
-  warp_loss, gen_loss = losses.perceptual_losses(
+  return tuple(losses.perceptual_losses(
       vgg_vars, [warped, generated], target, use_style=[False, True],
-      style_weight=cfg.loss.style_weight, num_scales=cfg.loss.num_scales)
-  return warp_loss, gen_loss
+      style_weight=cfg.loss.style_weight, num_scales=cfg.loss.num_scales))
 
 
 def train_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: dict[str, Any], *,
