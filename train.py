@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if _MULTI_HOST.value:
     jax.distributed.initialize()
-  from ip_lap_jax import train_lib  # pylint: disable=g-import-not-at-top
+  from ip_lap_jax.training import loop as train_lib  # pylint: disable=g-import-not-at-top
   logging.info("process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
   result = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

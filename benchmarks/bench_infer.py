@@ -40,13 +40,14 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the PyTorch mirrors (tests/torch_mirror)
 
-from ip_lap_jax import audio as audio_lib  # noqa: E402
+from ip_lap_jax.media import audio as audio_lib  # noqa: E402
 from ip_lap_jax import inference  # noqa: E402
-from ip_lap_jax import landmarks  # noqa: E402
-from ip_lap_jax import paste  # noqa: E402
-from ip_lap_jax import sketch  # noqa: E402
-from ip_lap_jax import video  # noqa: E402
+from ip_lap_jax.face import landmarks  # noqa: E402
+from ip_lap_jax.face import paste  # noqa: E402
+from ip_lap_jax.face import sketch  # noqa: E402
+from ip_lap_jax.media import video  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 
@@ -56,9 +57,9 @@ def make_checkpoint(root: pathlib.Path):
   import torch
 
   from ip_lap_jax import convert
-  from ip_lap_jax.torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint
-  from ip_lap_jax.torch_mirror.landmark_generator import Landmark_generator
-  from ip_lap_jax.torch_mirror.renderer import RendererTorch
+  from torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint
+  from torch_mirror.landmark_generator import Landmark_generator
+  from torch_mirror.renderer import RendererTorch
 
   torch.manual_seed(0)
   modules = {"landmark_generator": Landmark_generator(), "renderer": RendererTorch()}

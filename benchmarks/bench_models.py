@@ -36,17 +36,19 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the PyTorch mirrors (tests/torch_mirror)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import torch  # noqa: E402
 
-from ip_lap_jax import convert  # noqa: E402
+from ip_lap_jax import conversion  # noqa: E402
+from ip_lap_jax.models import registry
 from ip_lap_jax.models.landmark_generator import LandmarkGenerator  # noqa: E402
 from ip_lap_jax.models.renderer import Renderer  # noqa: E402
-from ip_lap_jax.torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint  # noqa: E402
-from ip_lap_jax.torch_mirror.landmark_generator import Landmark_generator  # noqa: E402
-from ip_lap_jax.torch_mirror.renderer import RendererTorch  # noqa: E402
+from torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint  # noqa: E402
+from torch_mirror.landmark_generator import Landmark_generator  # noqa: E402
+from torch_mirror.renderer import RendererTorch  # noqa: E402
 
 
 def _channels_first(x: np.ndarray) -> torch.Tensor:
@@ -62,9 +64,9 @@ def _converted(mirror: torch.nn.Module, model: str) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     path = pathlib.Path(tmp) / f"{model}.pth"
     save_official_checkpoint(mirror, path)
-    state_dict = convert.read_torch_checkpoint(path)
-  main = convert.split_state_dict(state_dict, model)["variables"]
-  variables = convert.state_dict_to_variables(main, convert.model_template(model))
+    state_dict = conversion.read_torch_checkpoint(path)
+  main = conversion.split_state_dict(state_dict, model)["variables"]
+  variables = conversion.state_dict_to_variables(main, registry.official_template(model))
   return jax.tree_util.tree_map(jnp.asarray, variables)
 
 

@@ -18,7 +18,7 @@ counted twice):
   float64 canvas edge by edge, float64 sketch PNG), followed by its separate audio pass
   (`preprocess_audio.py`: a process pool; here with this port's mel code, so the audio
   arithmetic is equal).
-- ours: `ip_lap_jax.preprocess.run` with `--workers` processes, one streaming pass per
+- ours: `ip_lap_jax.data.preprocess.run` with `--workers` processes, one streaming pass per
   clip (frames and audio).
 Frames/s = 25 fps frames processed / wall time, start-up included for both; runs are
 interleaved `--repeats` times and the best is reported. CPU seconds of the whole
@@ -54,7 +54,7 @@ def _release_video_clip(mp4_path: str, out_root: pathlib.Path) -> int:
   import mediapipe as mp
   import numpy as np
 
-  from ip_lap_jax import landmarks as L
+  from ip_lap_jax.face import landmarks as L
 
   all_idx, pose_idx = set(L.ALL_INDICES.tolist()), set(L.POSE_INDICES.tolist())
   content_idx = all_idx - pose_idx
@@ -121,7 +121,7 @@ def _release_video_clip(mp4_path: str, out_root: pathlib.Path) -> int:
 def _release_audio_clip(mp4_path: str, out_root: pathlib.Path) -> None:
   import numpy as np
 
-  from ip_lap_jax import audio
+  from ip_lap_jax.media import audio
 
   name = "/".join(mp4_path[:-4].split("/")[-2:])
   out = out_root / "audio" / name
@@ -141,7 +141,7 @@ def run_release(input_dir: pathlib.Path, out_root: pathlib.Path, workers: int) -
 
 
 def run_ours(input_dir: pathlib.Path, out_root: pathlib.Path, workers: int) -> int:
-  from ip_lap_jax import preprocess
+  from ip_lap_jax.data import preprocess
 
   summary = preprocess.run(input_dir, out_root, workers=workers, progress=False)
   if summary["failed"]:
@@ -214,7 +214,7 @@ def measure(mode: str, input_dir: pathlib.Path, out_root: pathlib.Path, workers:
 
 
 def make_input(root: pathlib.Path, copies: int, long_seconds: float) -> pathlib.Path:
-  from ip_lap_jax import video
+  from ip_lap_jax.media import video
 
   src = root / "in"
   for c in range(copies):

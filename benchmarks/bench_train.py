@@ -33,11 +33,12 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the PyTorch mirrors (tests/torch_mirror)
 
 import jax  # noqa: E402
 
-from configs import landmark_generator as lmk_config  # noqa: E402
-from configs import renderer as ren_config  # noqa: E402
+from ip_lap_jax.configs import landmark_generator as lmk_config  # noqa: E402
+from ip_lap_jax.configs import renderer as ren_config  # noqa: E402
 from ip_lap_jax.training import landmark_step, renderer_step  # noqa: E402
 from ip_lap_jax.training import state as state_lib  # noqa: E402
 
@@ -68,8 +69,8 @@ def jax_landmark(batch_size: int):
 
 def torch_landmark(batch_size: int):
   import torch  # pylint: disable=g-import-not-at-top
-  from ip_lap_jax.torch_mirror.landmark_generator import Landmark_generator
-  from ip_lap_jax.torch_mirror.losses import landmark_loss_torch
+  from torch_mirror.landmark_generator import Landmark_generator
+  from torch_mirror.losses import landmark_loss_torch
   model = Landmark_generator().train()
   opt = torch.optim.Adam(model.parameters(), lr=1e-4)
   g = torch.Generator().manual_seed(0)
@@ -114,10 +115,10 @@ def jax_renderer(batch_size: int):
 
 def torch_renderer(batch_size: int):
   import torch  # pylint: disable=g-import-not-at-top
-  from ip_lap_jax.torch_mirror.discriminator import MultiscaleDiscriminatorTorch
-  from ip_lap_jax.torch_mirror.losses import (PerceptualLossTorch, feature_matching_loss_torch,
+  from torch_mirror.discriminator import MultiscaleDiscriminatorTorch
+  from torch_mirror.losses import (PerceptualLossTorch, feature_matching_loss_torch,
                                               generator_loss_torch, lsgan_loss_torch)
-  from ip_lap_jax.torch_mirror.renderer import RendererTorch
+  from torch_mirror.renderer import RendererTorch
   model, disc = RendererTorch().train(), MultiscaleDiscriminatorTorch().train()
   perceptual = PerceptualLossTorch()
   for p in perceptual.parameters():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from ip_lap_jax import audio
+from ip_lap_jax.media import audio
 from ip_lap_jax.errors import MediaError
 
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from configs import landmark_generator as lmk_config
-from configs import renderer as ren_config
+from ip_lap_jax.configs import landmark_generator as lmk_config
+from ip_lap_jax.configs import renderer as ren_config
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 

@@ -124,16 +124,21 @@ def test_conv3x3_is_a_drop_in_for_nn_conv(algorithm):
 
 
 def test_algorithm_choice():
-  assert conv.uses_winograd("auto", jnp.float32, 256) == (jax.default_backend() == "cpu")
-  assert not conv.uses_winograd("auto", jnp.float32, conv.WINOGRAD_MIN_CHANNELS - 1)
-  assert conv.uses_winograd("auto", jnp.float32, 3, differentiated=True) == (
-      jax.default_backend() == "cpu")
-  assert not conv.uses_winograd("auto", jnp.bfloat16, 256, differentiated=True)
-  assert not conv.uses_winograd("auto", jnp.bfloat16, 256)
-  assert conv.uses_winograd("winograd", jnp.bfloat16, 3)
-  assert not conv.uses_winograd("direct", jnp.float32, 256)
-  with pytest.raises(ValueError, match="conv algorithm"):
-    conv.uses_winograd("fast", jnp.float32, 256)
+  """'auto' resolves once, from the backend and dtype; the modules see a concrete choice."""
+  assert conv.resolve_algorithm("auto", jnp.float32, "cpu") == "mixed"
+  assert conv.resolve_algorithm("auto", jnp.float64, "cpu") == "mixed"
+  assert conv.resolve_algorithm("auto", jnp.bfloat16, "cpu") == "direct"
+  assert conv.resolve_algorithm("auto", jnp.float32, "gpu") == "direct"
+  assert conv.resolve_algorithm("winograd", jnp.bfloat16, "gpu") == "winograd"
+  assert conv.uses_winograd("mixed", 256)
+  assert not conv.uses_winograd("mixed", conv.WINOGRAD_MIN_CHANNELS - 1)
+  assert conv.uses_winograd("mixed", 3, differentiated=True)
+  assert conv.uses_winograd("winograd", 3)
+  assert not conv.uses_winograd("direct", 256, differentiated=True)
+  with pytest.raises(ValueError, match="conv_algorithm"):
+    conv.resolve_algorithm("fast", jnp.float32, "cpu")
+  with pytest.raises(ValueError, match="resolve 'auto'"):
+    conv.uses_winograd("auto", 256)
 
 
 def test_winograd_if_differentiated_is_direct_forward_and_winograd_backward():
@@ -157,10 +162,10 @@ def test_winograd_if_differentiated_is_direct_forward_and_winograd_backward():
                                atol=1e-5 * float(np.abs(np.asarray(d)).max()))
 
 
-def test_conv3x3_auto_differentiates_narrow_layers_by_winograd():
-  """A 64-channel layer: XLA's forward pass, Winograd's gradients (on the CPU backend)."""
+def test_conv3x3_mixed_differentiates_narrow_layers_by_winograd():
+  """A 64-channel layer under 'mixed': XLA's forward pass, Winograd's gradients."""
   x = jnp.asarray(_random((1, 8, 8, 64), 13), jnp.float32)
-  layer = conv.Conv3x3(8)
+  layer = conv.Conv3x3(8, algorithm="mixed")
   variables = layer.init(jax.random.key(1), x)
 
   def kernel_grad(module):
@@ -168,7 +173,7 @@ def test_conv3x3_auto_differentiates_narrow_layers_by_winograd():
 
   np.testing.assert_array_equal(np.asarray(layer.apply(variables, x)),
                                 np.asarray(conv.Conv3x3(8, algorithm="direct").apply(variables, x)))
-  want = conv.Conv3x3(8, algorithm="winograd" if jax.default_backend() == "cpu" else "direct")
+  want = conv.Conv3x3(8, algorithm="winograd")
   np.testing.assert_array_equal(np.asarray(kernel_grad(layer)), np.asarray(kernel_grad(want)))
 
 

@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from ip_lap_jax import convert
-from ip_lap_jax.torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint
-from ip_lap_jax.torch_mirror.discriminator import MultiscaleDiscriminatorTorch
-from ip_lap_jax.torch_mirror.inception import FIDInceptionV3Torch
-from ip_lap_jax.torch_mirror.landmark_generator import Landmark_generator
-from ip_lap_jax.torch_mirror.renderer import RendererTorch
-from ip_lap_jax.torch_mirror.vgg import vgg19_features
+from ip_lap_jax import conversion
+from ip_lap_jax.models import registry, store
+from torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint
+from torch_mirror.discriminator import MultiscaleDiscriminatorTorch
+from torch_mirror.inception import FIDInceptionV3Torch
+from torch_mirror.landmark_generator import Landmark_generator
+from torch_mirror.renderer import RendererTorch
+from torch_mirror.vgg import vgg19_features
 from tests.conversion_asserts import assert_conversion_error
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -44,7 +46,7 @@ def lg_state_dict() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def lg_template() -> dict:
-  return convert.model_template("landmark_generator")
+  return registry.official_template("landmark_generator")
 
 
 def _assert_state_dicts_equal(got, want) -> None:
@@ -75,30 +77,30 @@ def _assert_state_dicts_equal(got, want) -> None:
 ])
 def test_key_rule(key, expected):
   ndim = 1 if key.endswith("1.weight") and "conv_block" in key else 4
-  assert convert.torch_key_to_flax(key, ndim) == expected
+  assert conversion.torch_key_to_flax(key, ndim) == expected
   collection, path = expected
   if collection != "extras":
-    assert convert.flax_path_to_torch_key(collection, path) == convert.strip_module_prefix(key)
+    assert conversion.flax_path_to_torch_key(collection, path) == conversion.strip_module_prefix(key)
 
 
-@pytest.mark.parametrize("model", convert.MODELS)
+@pytest.mark.parametrize("model", registry.NAMES)
 def test_round_trip_in_memory_is_lossless(model):
   state = _mirror_state_dict(model)
-  assert convert.detect_model(state) == model
-  items = convert.split_state_dict(state, model)
+  assert conversion.detect_model(state) == model
+  items = conversion.split_state_dict(state, model)
   rebuilt = {}
   for item, sub_state in items.items():
-    template = convert.model_template("vgg19" if item == "vgg19" else model)
-    variables, extras = convert.state_dict_to_variables(sub_state, template, return_extras=True)
+    template = registry.official_template("vgg19" if item == "vgg19" else model)
+    variables, extras = conversion.state_dict_to_variables(sub_state, template, return_extras=True)
     prefix = "perceptual.model." if item == "vgg19" and model == "renderer" else ""
-    rebuilt.update(convert.variables_to_state_dict(variables, extras, prefix=prefix))
+    rebuilt.update(conversion.variables_to_state_dict(variables, extras, prefix=prefix))
   if model == "vgg19":
     rebuilt = {"features." + k[len("network."):]: v for k, v in rebuilt.items()}
   _assert_state_dicts_equal(rebuilt, state)
 
 
 def test_kernels_are_transposed(lg_state_dict, lg_template):
-  variables = convert.state_dict_to_variables(lg_state_dict, lg_template)
+  variables = conversion.state_dict_to_variables(lg_state_dict, lg_template)
   params, stats = variables["params"], variables["batch_stats"]
   np.testing.assert_array_equal(params["mel_encoder_3"]["conv_block_0"]["kernel"],
                                 lg_state_dict["mel_encoder.3.conv_block.0.weight"].numpy()
@@ -135,15 +137,15 @@ def test_errors_name_every_bad_key_at_once(lg_state_dict, lg_template):
 def test_duplicate_prefixed_keys_are_rejected(lg_state_dict, lg_template):
   bad = dict(lg_state_dict)
   bad["module.Norm.weight"] = bad["Norm.weight"]
-  with pytest.raises(convert.ConversionError, match="duplicate keys"):
-    convert.state_dict_to_variables(bad, lg_template)
+  with pytest.raises(conversion.ConversionError, match="duplicate keys"):
+    conversion.state_dict_to_variables(bad, lg_template)
 
 
 def test_failed_conversion_writes_nothing(lg_state_dict, tmp_path):
   bad = dict(lg_state_dict)
   del bad["Norm.bias"]
   save_official_checkpoint(bad, tmp_path / "bad.pth")
-  with pytest.raises(convert.ConversionError, match="Norm.bias"):
+  with pytest.raises(conversion.ConversionError, match="Norm.bias"):
     convert.convert_checkpoint(tmp_path / "bad.pth", tmp_path / "out")
   assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth"]
 
@@ -155,17 +157,17 @@ def test_file_round_trip_is_lossless(model, tmp_path):
   save_official_checkpoint(state, src, data_parallel_prefix=True, training_extras=True)
   out = tmp_path / "converted"
   provenance = convert.convert_checkpoint(src, out)
-  on_disk = convert.read_provenance(out)
+  on_disk = store.read_provenance(out)
   assert on_disk == json.loads(json.dumps(provenance))
   assert on_disk["model"] == model and on_disk["num_keys"] == len(state)
   assert on_disk["sha256"] == __import__("hashlib").sha256(src.read_bytes()).hexdigest()
   nbt = {k: int(v) for k, v in state.items() if k.endswith("num_batches_tracked")}
   assert on_disk["num_batches_tracked"] == nbt and nbt
   assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
-  vgg19 = convert.load_variables(out, "vgg19") if model == "renderer" else None
+  vgg19 = store.load_tree(out, "vgg19") if model == "renderer" else None
   assert on_disk["items"] == (["variables", "vgg19"] if model == "renderer" else ["variables"])
   exported = tmp_path / "exported.pth"
-  convert.export_state_dict(convert.load_variables(out), exported, model, vgg19=vgg19,
+  conversion.export_state_dict(store.load_tree(out), exported, model, vgg19=vgg19,
                             num_batches_tracked=on_disk["num_batches_tracked"],
                             data_parallel_prefix=True)
   reloaded = torch.load(exported, map_location="cpu", weights_only=True)["state_dict"]
@@ -186,11 +188,11 @@ def test_torchvision_vgg_and_unknown_models(tmp_path):
   torch.save(state, src)  # a bare torchvision-style state_dict, no 'state_dict' wrapper
   provenance = convert.convert_checkpoint(src, tmp_path / "vgg")
   assert provenance["model"] == "vgg19"
-  params = convert.load_variables(tmp_path / "vgg")["params"]
+  params = store.load_tree(tmp_path / "vgg")["params"]
   np.testing.assert_array_equal(params["network_34"]["kernel"],
                                 state["features.34.weight"].numpy().transpose(2, 3, 1, 0))
-  with pytest.raises(convert.ConversionError, match="cannot tell"):
-    convert.detect_model(["encoder.0.weight"])
+  with pytest.raises(conversion.ConversionError, match="cannot tell"):
+    conversion.detect_model(["encoder.0.weight"])
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from ip_lap_jax import audio
+from ip_lap_jax.media import audio
 from ip_lap_jax.data import pipeline
 from ip_lap_jax.data.landmark_data import LandmarkSampler
 from ip_lap_jax.data.renderer_data import RendererSampler

@@ -4,7 +4,9 @@ import json
 
 import numpy as np
 
-from ip_lap_jax import demo, video, watermark
+from ip_lap_jax.demo import run as demo
+from ip_lap_jax.media import video
+from ip_lap_jax.media import watermark
 
 
 def test_quick_demo_end_to_end(tmp_path):

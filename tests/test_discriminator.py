@@ -7,7 +7,7 @@ import torch
 
 from ip_lap_jax.convert import state_dict_to_variables
 from ip_lap_jax.models.discriminator import MultiscaleDiscriminator
-from ip_lap_jax.torch_mirror.discriminator import MultiscaleDiscriminatorTorch
+from torch_mirror.discriminator import MultiscaleDiscriminatorTorch
 
 
 def converted_discriminator(seed: int, size: int = 64) -> tuple[MultiscaleDiscriminatorTorch, dict]:

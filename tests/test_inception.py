@@ -13,12 +13,15 @@ import pytest
 import scipy.linalg
 import torch
 
-from configs import renderer as ren_config
-from ip_lap_jax import convert, train_lib
+from ip_lap_jax.configs import renderer as ren_config
+from ip_lap_jax import convert
+from ip_lap_jax import conversion
+from ip_lap_jax.models import registry, store
+from ip_lap_jax.training import loop as train_lib
 from ip_lap_jax.data import pipeline
 from ip_lap_jax.models.inception import FEATURE_DIM, InceptionV3
-from ip_lap_jax.torch_mirror.common import randomize_batchnorm_stats
-from ip_lap_jax.torch_mirror.inception import FIDInceptionV3Torch
+from torch_mirror.common import randomize_batchnorm_stats
+from torch_mirror.inception import FIDInceptionV3Torch
 from ip_lap_jax.training import metrics
 from ip_lap_jax.training import state as state_lib
 from tests import train_fixtures
@@ -61,7 +64,7 @@ def converted(mirror, tmp_path_factory) -> str:
 
 
 def test_features_match_torch_mirror(mirror, converted):
-  variables = convert.load_variables(converted)
+  variables = store.load_tree(converted)
   noise = np.random.default_rng(0).uniform(size=(64, 64, 3))
   ramp = np.stack([*np.meshgrid(np.linspace(0, 1, 64), np.linspace(1, 0, 64)), noise[..., 0]], -1)
   x = np.stack([noise, ramp]).astype(np.float32)  # [2, 64, 64, 3] in [0, 1]
@@ -77,25 +80,25 @@ def test_features_match_torch_mirror(mirror, converted):
 
 
 def test_param_tree_holds_every_key_of_the_weights_file(mirror):
-  template = convert.model_template("inception")
+  template = registry.official_template("inception")
   params = template["params"]
   assert params["Conv2d_1a_3x3"]["conv"]["kernel"].shape == (3, 3, 3, 32)
   assert params["Mixed_6b"]["branch7x7_2"]["conv"]["kernel"].shape == (1, 7, 128, 128)
   assert params["fc"]["kernel"].shape == (2048, 1008)
   assert template["batch_stats"]["Mixed_7c"]["branch_pool"]["bn"]["mean"].shape == (192,)
   keys = {k for k in mirror.state_dict() if not k.endswith("num_batches_tracked")}
-  rebuilt = {convert.flax_path_to_torch_key(c, tuple(p.key for p in path))
+  rebuilt = {conversion.flax_path_to_torch_key(c, tuple(p.key for p in path))
              for c in ("params", "batch_stats")
              for path, _ in jax.tree_util.tree_leaves_with_path(template[c])}
   assert rebuilt == keys
 
 
 def test_converter_reports_every_bad_key(mirror):
-  template = convert.model_template("inception")
+  template = registry.official_template("inception")
   state = dict(mirror.state_dict())
   # The published file predates num_batches_tracked: converting without it is fine.
   plain = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-  variables = convert.state_dict_to_variables(plain, template)
+  variables = conversion.state_dict_to_variables(plain, template)
   np.testing.assert_array_equal(variables["params"]["fc"]["kernel"], state["fc.weight"].numpy().T)
   np.testing.assert_array_equal(variables["batch_stats"]["Mixed_5b"]["branch1x1"]["bn"]["mean"],
                                 state["Mixed_5b.branch1x1.bn.running_mean"].numpy())
@@ -111,7 +114,7 @@ def test_converter_reports_every_bad_key(mirror):
 
 def test_export_writes_pytorch_fids_bare_format(converted, mirror, tmp_path):
   out = tmp_path / "exported.pth"
-  convert.export_state_dict(convert.load_variables(converted), out, "inception")
+  conversion.export_state_dict(store.load_tree(converted), out, "inception")
   reloaded = torch.load(out, map_location="cpu", weights_only=True)
   assert "state_dict" not in reloaded
   for key, value in mirror.state_dict().items():
@@ -274,7 +277,7 @@ def test_renderer_evaluation_reports_fid(layout, converted, fast_compile, monkey
   # The host got [generated, gt] features of the whole batch, gt = Inception(face / 255).
   (generated, gt, value), = calls
   assert generated.shape == gt.shape == (2, FEATURE_DIM)
-  want_gt = InceptionV3().apply(convert.load_variables(converted), batch["face"] / 255.0)
+  want_gt = InceptionV3().apply(store.load_tree(converted), batch["face"] / 255.0)
   np.testing.assert_allclose(gt, want_gt, rtol=0, atol=1e-4)
   assert not np.allclose(generated, gt, atol=1e-3)
   assert result["eval/fid"] == pytest.approx(value, rel=1e-6)

@@ -21,12 +21,13 @@ import jax
 import numpy as np
 import pytest
 
-from ip_lap_jax import audio as audio_lib
+from ip_lap_jax.media import audio as audio_lib
 from ip_lap_jax import inference
-from ip_lap_jax import landmarks
-from ip_lap_jax import paste
-from ip_lap_jax import video
-from ip_lap_jax import watermark
+from ip_lap_jax.inference import lipsync
+from ip_lap_jax.face import landmarks
+from ip_lap_jax.face import paste
+from ip_lap_jax.media import video
+from ip_lap_jax.media import watermark
 from ip_lap_jax.errors import MediaError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -42,9 +43,9 @@ def checkpoint(tmp_path_factory) -> pathlib.Path:
   import torch
 
   from ip_lap_jax import convert
-  from ip_lap_jax.torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint
-  from ip_lap_jax.torch_mirror.landmark_generator import Landmark_generator
-  from ip_lap_jax.torch_mirror.renderer import RendererTorch
+  from torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint
+  from torch_mirror.landmark_generator import Landmark_generator
+  from torch_mirror.renderer import RendererTorch
 
   root = tmp_path_factory.mktemp("ckpt")
   torch.manual_seed(0)
@@ -152,7 +153,7 @@ def test_frame_reader_bounded_memory_any_order(shared_data, work):
       writer.write(f)
   decoded = video.read_frames(path)
   frame_bytes = decoded[0].nbytes
-  reader = inference._FrameReader(str(path), len(decoded), frame_bytes, budget_bytes=6 * frame_bytes)
+  reader = lipsync._FrameReader(str(path), len(decoded), frame_bytes, budget_bytes=6 * frame_bytes)
   for p in range(45):
     t = int(inference.pingpong(p, len(decoded)))
     np.testing.assert_array_equal(reader.get(t), decoded[t])
@@ -328,12 +329,21 @@ def test_checkpoint_that_does_not_match(checkpoint, work):
   shutil.copytree(checkpoint / "landmark_generator", wrong / "landmark_generator")
   shutil.copytree(checkpoint / "landmark_generator", wrong / "renderer")
   with pytest.raises(inference.CheckpointError,
-                     match=r"wrong_ckpt/renderer: checkpoint does not match the renderer model"):
+                     match=r"wrong_ckpt/renderer: holds a landmark_generator, not a renderer"):
     inference.LipSyncer(wrong)
+  # A spec that says renderer over landmark-generator weights: every key is reported.
+  (wrong / "renderer" / "model.json").write_text(
+      (checkpoint / "renderer" / "model.json").read_text())
+  with pytest.raises(inference.CheckpointError) as info:
+    inference.LipSyncer(wrong)
+  message = str(info.value)
+  assert "wrong_ckpt/renderer: the renderer checkpoint does not fit the model" in message
+  assert "missing keys" in message and "params/flow_module" in message
+  assert "unknown keys" in message and "params/mel_encoder_0" in message
   with pytest.raises(inference.CheckpointError, match=r"nowhere: checkpoint directory does not"):
     inference.LipSyncer(work / "nowhere")
   shutil.rmtree(wrong / "renderer")
-  with pytest.raises(inference.CheckpointError, match=r"wrong_ckpt/renderer: no converted renderer"):
+  with pytest.raises(inference.CheckpointError, match=r"wrong_ckpt/renderer: no saved renderer"):
     inference.LipSyncer(wrong)
 
 

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from ip_lap_jax import convert
-from ip_lap_jax.losses import landmark_loss
+from ip_lap_jax import conversion
+from ip_lap_jax.models import registry, store
+from ip_lap_jax.training.losses import landmark_loss
 from ip_lap_jax.models.landmark_generator import FusionLSTM, LandmarkGenerator
-from ip_lap_jax.torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint
-from ip_lap_jax.torch_mirror.landmark_generator import Landmark_generator
+from torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint
+from torch_mirror.landmark_generator import Landmark_generator
 
 B, T, NL = 2, 5, 15
 
@@ -60,8 +62,8 @@ def torch_output(mirror, inputs_torch) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def variables(mirror) -> dict:
-  return convert.state_dict_to_variables(mirror.state_dict(),
-                                         convert.model_template("landmark_generator"))
+  return conversion.state_dict_to_variables(mirror.state_dict(),
+                                         registry.official_template("landmark_generator"))
 
 
 @jax.jit
@@ -78,7 +80,7 @@ def test_parity_through_official_checkpoint(mirror, inputs, torch_output, tmp_pa
   provenance = convert.convert_checkpoint(src, tmp_path / "converted")
   assert provenance["model"] == "landmark_generator"
   assert provenance["data_parallel_prefix"] is data_parallel_prefix
-  loaded = convert.load_variables(tmp_path / "converted")
+  loaded = store.load_tree(tmp_path / "converted")
   out = np.asarray(apply_eval(loaded, *inputs))
   assert out.shape == (B, T, 57, 2)
   err = np.abs(out - torch_output).max()
@@ -198,7 +200,7 @@ def test_gradient_parity_of_landmark_loss(mirror, variables, inputs, inputs_torc
 
   loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables["params"])
   np.testing.assert_allclose(float(loss), loss_torch.item(), rtol=1e-5)
-  flax_grads = convert.variables_to_state_dict({"params": grads})
+  flax_grads = conversion.variables_to_state_dict({"params": grads})
   assert set(torch_grads) <= set(flax_grads)
   worst = 0.0
   for key, g_torch in torch_grads.items():

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ip_lap_jax import landmarks as L
+from ip_lap_jax.face import landmarks as L
 
 
 def test_edge_sets_match_mediapipe():
@@ -118,7 +118,7 @@ def test_crop_face_shape_and_content():
 
 
 def _frames(path, n):
-  from ip_lap_jax import video
+  from ip_lap_jax.media import video
   return list(itertools.islice(video.iter_frames(path), n))
 
 

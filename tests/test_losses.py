@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ip_lap_jax import losses
-from ip_lap_jax.torch_mirror import losses as tl
+from ip_lap_jax.training import losses
+from torch_mirror import losses as tl
 from test_vgg import converted_vgg
 
 VALUE_RTOL = 1e-5

@@ -8,7 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from ip_lap_jax import audio, dataset_layout, landmarks, preprocess, video
+from ip_lap_jax.media import audio
+from ip_lap_jax.data import layout
+from ip_lap_jax.face import landmarks
+from ip_lap_jax.data import preprocess
+from ip_lap_jax.media import video
 
 GOOD_FRAMES = 30  # 1.2 s at 25 fps
 
@@ -55,11 +59,11 @@ def test_summary_reports_good_and_failed(dataset):
 
 def test_good_clip_in_official_layout(dataset):
   _, out, summary, frames = dataset
-  roots = dataset_layout.DatasetRoots.under(out)
-  written = dataset_layout.frame_numbers(out / "landmarks" / "spk" / "good")
+  roots = layout.DatasetRoots.under(out)
+  written = layout.frame_numbers(out / "landmarks" / "spk" / "good")
   assert len(written) == summary["done"]["spk/good"]["written"]
   assert set(written).isdisjoint(summary["done"]["spk/good"]["skipped_no_face"])
-  assert dataset_layout.make_filelist(out / "landmarks") == ["spk/good"]
+  assert layout.make_filelist(out / "landmarks") == ["spk/good"]
   for i in written[:3] + written[-1:]:
     # Read as the release's training code does.
     d = np.load(out / "landmarks" / "spk" / "good" / f"{i}.npy", allow_pickle=True).item()
@@ -68,7 +72,7 @@ def test_good_clip_in_official_layout(dataset):
     assert {e[0] for e in d["pose_landmarks"]} == set(landmarks.POSE_INDICES.tolist())
     idx, x, y = d["content_landmarks"][0]
     assert isinstance(idx, int) and isinstance(x, float)
-    pose, content = dataset_layout.load_landmarks(out / "landmarks" / "spk" / "good" / f"{i}.npy")
+    pose, content = layout.load_landmarks(out / "landmarks" / "spk" / "good" / f"{i}.npy")
     assert pose.shape == (74, 2) and content.shape == (57, 2)
     assert np.all((pose > -0.01) & (pose < 1.01)) and np.all((content > -0.01) & (content < 1.01))
     face = cv2.imread(str(roots.face_path("spk/good", i)))
@@ -103,7 +107,7 @@ def test_resume_skips_completed_clip(dataset):
 def test_interrupted_clip_is_redone(dataset, tmp_path):
   root, _, _, _ = dataset
   out = tmp_path / "out"
-  roots = dataset_layout.DatasetRoots.under(out)
+  roots = layout.DatasetRoots.under(out)
   # A leftover of an interrupted run: files but no done marker.
   stale = roots.face_path("spk/good", 9999)
   stale.parent.mkdir(parents=True)
@@ -129,24 +133,24 @@ def test_find_clips_flat_and_nested(tmp_path):
 
 def test_filelists_roundtrip(tmp_path):
   path = tmp_path / "train.txt"
-  dataset_layout.write_filelist(path, ["a/1", "b/2"])
+  layout.write_filelist(path, ["a/1", "b/2"])
   path.write_text(path.read_text() + "\nc/3 extra\n")
-  assert dataset_layout.read_filelist(path) == ["a/1", "b/2", "c/3"]
+  assert layout.read_filelist(path) == ["a/1", "b/2", "c/3"]
 
 
 def test_landmark_file_roundtrip_and_validation(tmp_path):
   rng = np.random.default_rng(0)
   pose, content = rng.uniform(size=(74, 2)), rng.uniform(size=(57, 2))
-  dataset_layout.save_landmarks(tmp_path / "0", pose, content)
+  layout.save_landmarks(tmp_path / "0", pose, content)
   d = np.load(tmp_path / "0.npy", allow_pickle=True).item()
   assert [e[0] for e in d["pose_landmarks"]] == sorted(landmarks.POSE_INDICES.tolist())
-  p2, c2 = dataset_layout.load_landmarks(tmp_path / "0.npy")
+  p2, c2 = layout.load_landmarks(tmp_path / "0.npy")
   np.testing.assert_allclose(p2, pose, atol=1e-7)
   np.testing.assert_allclose(c2, content, atol=1e-7)
   d["content_landmarks"] = d["content_landmarks"][:-1]
   np.save(tmp_path / "1", d, allow_pickle=True)
   with pytest.raises(ValueError):
-    dataset_layout.load_landmarks(tmp_path / "1.npy")
+    layout.load_landmarks(tmp_path / "1.npy")
 
 
 def test_cli_custom_roots_and_exit_code(dataset, tmp_path, capsys):
@@ -209,7 +213,7 @@ def test_worker_imports_stay_light():
   import subprocess
   import sys
 
-  code = ("import sys; import ip_lap_jax.preprocess, ip_lap_jax.audio, ip_lap_jax.video; "
+  code = ("import sys; import ip_lap_jax.data.preprocess, ip_lap_jax.media.audio, ip_lap_jax.media.video; "
           "print(sorted({'jax', 'chex', 'scipy', 'librosa'} & set(sys.modules)))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        check=True, cwd=pathlib.Path(__file__).resolve().parents[1])

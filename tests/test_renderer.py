@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from ip_lap_jax import convert
+from ip_lap_jax import conversion
 from ip_lap_jax.models.renderer import DenseFlowNetwork, Renderer
-from ip_lap_jax.torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint
-from ip_lap_jax.torch_mirror.renderer import RendererTorch
+from torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint
+from torch_mirror.renderer import RendererTorch
 
 TOL = 1e-4
 # bfloat16 compute (8-bit mantissa) through ~40 conv layers, measured on smooth inputs with
@@ -68,10 +68,10 @@ def mirror_and_variables(tmp_path_factory) -> tuple[RendererTorch, dict]:
   mirror.eval()
   path = pathlib.Path(tmp_path_factory.mktemp("renderer")) / "renderer_checkpoint.pth"
   save_official_checkpoint(mirror, path, data_parallel_prefix=True)
-  state_dict = convert.read_torch_checkpoint(path)
-  items = convert.split_state_dict(state_dict, "renderer")
+  state_dict = conversion.read_torch_checkpoint(path)
+  items = conversion.split_state_dict(state_dict, "renderer")
   assert set(items) == {"variables", "vgg19"}
-  variables = convert.state_dict_to_variables(items["variables"], _template(Renderer()))
+  variables = conversion.state_dict_to_variables(items["variables"], _template(Renderer()))
   return mirror, jax.tree_util.tree_map(jnp.asarray, variables)
 
 

@@ -42,12 +42,14 @@ import numpy as np
 import pytest
 import torch
 
-from configs import renderer as ren_config
-from ip_lap_jax import convert, losses
+from ip_lap_jax.configs import renderer as ren_config
+from ip_lap_jax import conversion
+from ip_lap_jax.models import registry
+from ip_lap_jax.training import losses
 from ip_lap_jax.models.renderer import Renderer
-from ip_lap_jax.torch_mirror.common import randomize_batchnorm_stats
-from ip_lap_jax.torch_mirror.losses import PerceptualLossTorch
-from ip_lap_jax.torch_mirror.renderer import RendererTorch
+from torch_mirror.common import randomize_batchnorm_stats
+from torch_mirror.losses import PerceptualLossTorch
+from torch_mirror.renderer import RendererTorch
 from test_vgg import he_init_
 
 GRAD_RTOL = 1e-3
@@ -112,11 +114,11 @@ def gradients():
     # at non-trivial positions (the default init predicts sub-pixel flow).
     mirror.flow_module.conv_4.weight.mul_(10.0)
   mirror.eval()
-  split = convert.split_state_dict(mirror.state_dict(), 'renderer')
-  template = convert.model_template('renderer')
-  variables = jax.tree.map(jnp.asarray, convert.state_dict_to_variables(split['variables'], template))
-  vgg_variables = jax.tree.map(jnp.asarray, convert.state_dict_to_variables(
-      split['vgg19'], convert.model_template('vgg19')))
+  split = conversion.split_state_dict(mirror.state_dict(), 'renderer')
+  template = registry.official_template('renderer')
+  variables = jax.tree.map(jnp.asarray, conversion.state_dict_to_variables(split['variables'], template))
+  vgg_variables = jax.tree.map(jnp.asarray, conversion.state_dict_to_variables(
+      split['vgg19'], registry.official_template('vgg19')))
 
   inputs = _inputs(seed=0)
   face = inputs[0]
@@ -130,10 +132,10 @@ def gradients():
     generated_t, warped_t = net(face_t[:, None], sketches_t, refs_t, ref_sketches_t, mels_t[:, None])
     terms = {'warp': perceptual_t(warped_t, face_t, use_style_loss=False, weight_style_to_perceptual=0.),
              'gen': perceptual_t(generated_t, face_t, use_style_loss=True, weight_style_to_perceptual=250.)}
-    renderer_sd = convert.split_state_dict(net.state_dict(), 'renderer')['variables']
+    renderer_sd = conversion.split_state_dict(net.state_dict(), 'renderer')['variables']
     for name, loss in terms.items():
       sd = _torch_grads(net, loss, renderer_sd)
-      torch_grads[name, dtype] = convert.state_dict_to_variables(sd, template)['params']
+      torch_grads[name, dtype] = conversion.state_dict_to_variables(sd, template)['params']
       torch_values[name, dtype] = loss.item()
 
   jax_grads, jax_values = _jax_gradients(variables, vgg_variables, inputs, jnp.float32,

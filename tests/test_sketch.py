@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ip_lap_jax import landmarks as L
-from ip_lap_jax import sketch
+from ip_lap_jax.face import landmarks as L
+from ip_lap_jax.face import sketch
 
 
 def _release_sketch(points131, box_hw):

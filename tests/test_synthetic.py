@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from ip_lap_jax import landmarks, synthetic
+from ip_lap_jax.face import landmarks
+from ip_lap_jax.data import synthetic
 
 
 def test_speech_is_deterministic_and_has_pauses():

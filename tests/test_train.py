@@ -10,9 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from configs import landmark_generator as lmk_config
-from configs import renderer as ren_config
-from ip_lap_jax import train_lib
+from ip_lap_jax.configs import landmark_generator as lmk_config
+from ip_lap_jax.configs import renderer as ren_config
+from ip_lap_jax.training import loop as train_lib
 from ip_lap_jax.training import landmark_step
 from ip_lap_jax.training import state as state_lib
 from tests import train_fixtures
@@ -160,15 +160,16 @@ def test_init_from_converted_official_weights(layout, tmp_path):
   import torch  # pylint: disable=import-outside-toplevel
 
   from ip_lap_jax import convert  # pylint: disable=import-outside-toplevel
-  from ip_lap_jax.torch_mirror.common import (  # pylint: disable=import-outside-toplevel
+  from ip_lap_jax.models import store
+  from torch_mirror.common import (  # pylint: disable=import-outside-toplevel
       randomize_batchnorm_stats, save_official_checkpoint)
-  from ip_lap_jax.torch_mirror.landmark_generator import Landmark_generator  # pylint: disable=import-outside-toplevel
+  from torch_mirror.landmark_generator import Landmark_generator  # pylint: disable=import-outside-toplevel
 
   torch.manual_seed(0)
   mirror = randomize_batchnorm_stats(Landmark_generator(), seed=1)
   save_official_checkpoint(mirror, tmp_path / "lmk.pth", data_parallel_prefix=True, training_extras=True)
   convert.convert_checkpoint(tmp_path / "lmk.pth", tmp_path / "converted")
-  want = convert.load_variables(tmp_path / "converted")
+  want = store.load_tree(tmp_path / "converted")
 
   cfg = _landmark_cfg(layout, 1)
   cfg.model.nlayers = 4  # the release's depth, as the checkpoint

@@ -7,7 +7,7 @@ import torch
 
 from ip_lap_jax.convert import state_dict_to_variables
 from ip_lap_jax.models.vgg import PERCEPTUAL_LAYERS, VGG19Features
-from ip_lap_jax.torch_mirror.vgg import PerceptualNetworkTorch, vgg19_conv_indices
+from torch_mirror.vgg import PerceptualNetworkTorch, vgg19_conv_indices
 
 
 def he_init_(module: torch.nn.Module, seed: int) -> None:

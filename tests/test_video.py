@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ip_lap_jax import video
+from ip_lap_jax.media import video
 from ip_lap_jax.errors import MediaError
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from imwatermark.dwtDctSvd import EmbedDwtDctSvd
 
-from ip_lap_jax import video, watermark
+from ip_lap_jax.media import video
+from ip_lap_jax.media import watermark
 from ip_lap_jax.errors import MediaError
 
 

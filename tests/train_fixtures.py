@@ -13,7 +13,7 @@ import pathlib
 import cv2
 import numpy as np
 
-from ip_lap_jax import dataset_layout
+from ip_lap_jax.data import layout
 
 FPS = 25
 
@@ -31,7 +31,7 @@ def build_layout(root: pathlib.Path, clips: dict[str, int], *, gaps: dict[str, l
     m = int(np.ceil(n * 80 / FPS)) + 16
     mel = np.clip(rng.standard_normal((80, m)).cumsum(axis=1) * 0.1, -4, 4).astype(np.float32)
     (root / "audio" / name).mkdir(parents=True, exist_ok=True)
-    dataset_layout.save_mel(root / "audio" / name / "audio.npy", mel)
+    layout.save_mel(root / "audio" / name / "audio.npy", mel)
     base_pose = rng.uniform(0.2, 0.8, (74, 2)).astype(np.float32)
     base_content = rng.uniform(0.2, 0.8, (57, 2)).astype(np.float32)
     for sub in ("landmarks", "faces", "sketches"):
@@ -44,7 +44,7 @@ def build_layout(root: pathlib.Path, clips: dict[str, int], *, gaps: dict[str, l
       pose[0, 0] = f / 1000.0
       pose[0, 1] = (ordinal + 1) / 100.0
       content = base_content + np.float32(0.05 * loud)
-      dataset_layout.save_landmarks(root / "landmarks" / name / f"{f}.npy", pose, content)
+      layout.save_landmarks(root / "landmarks" / name / f"{f}.npy", pose, content)
       if images:
         face = np.full((128, 128, 3), 60, np.uint8)
         cv2.circle(face, (64, 64), 30 + f % 10, (200, 150, 100), -1)
@@ -58,5 +58,5 @@ def build_layout(root: pathlib.Path, clips: dict[str, int], *, gaps: dict[str, l
 
 
 def write_list(path: pathlib.Path, names: list[str]) -> str:
-  dataset_layout.write_filelist(path, names)
+  layout.write_filelist(path, names)
   return str(path)

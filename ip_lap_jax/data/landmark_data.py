@@ -19,8 +19,8 @@ import os
 
 import numpy as np
 
-from ip_lap_jax import audio
-from ip_lap_jax import dataset_layout
+from ip_lap_jax.media import audio
+from ip_lap_jax.data import layout
 from ip_lap_jax.data import pipeline
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class LandmarkSampler:
     """Lists the clips (file list or folder) and keeps those with >= min_len frames."""
     clips = []
     for name in pipeline.read_clip_list(clip_list, landmark_root):
-      n = len(dataset_layout.frame_numbers(os.path.join(landmark_root, name), ".npy"))
+      n = len(layout.frame_numbers(os.path.join(landmark_root, name), ".npy"))
       if n >= min_len:
         clips.append((name, n))
     if not clips:
@@ -58,7 +58,7 @@ class LandmarkSampler:
       if not os.path.exists(path):
         raise pipeline.SampleError(f"gap at {path}", quiet=True)
       try:
-        pose, content = dataset_layout.load_landmarks(path)
+        pose, content = layout.load_landmarks(path)
       except Exception as e:  # any unreadable pickle is replaced, never fatal
         raise pipeline.SampleError(f"corrupt landmark file {path}: {e!r}") from e
       poses.append(pose)

@@ -20,7 +20,7 @@ import grain.python as grain
 import jax
 import numpy as np
 
-from ip_lap_jax import dataset_layout
+from ip_lap_jax.data import layout
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +50,15 @@ class Sampler(Protocol):
 def read_clip_list(list_path: str, root: str) -> list[str]:
   """`speaker/clip` names from a file list, or every `<speaker>/<clip>` folder under root."""
   if list_path:
-    return dataset_layout.read_filelist(list_path)
-  return dataset_layout.make_filelist(root)
+    return layout.read_filelist(list_path)
+  return layout.make_filelist(root)
 
 
 def load_mel(audio_root: str, clip: str) -> np.ndarray:
   """`<audio_root>/<clip>/audio.npy` -> [80, M] float32; SampleError if missing or bad."""
   path = pathlib.Path(audio_root, clip, "audio.npy")
   try:
-    return dataset_layout.load_mel(path)
+    return layout.load_mel(path)
   except (OSError, ValueError, EOFError) as e:
     raise SampleError(f"cannot read {path}: {e}") from e
 

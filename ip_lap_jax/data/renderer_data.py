@@ -22,8 +22,8 @@ import os
 import cv2
 import numpy as np
 
-from ip_lap_jax import audio
-from ip_lap_jax import dataset_layout
+from ip_lap_jax.media import audio
+from ip_lap_jax.data import layout
 from ip_lap_jax.data import pipeline
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class RendererSampler:
                   min_len: int = 25) -> "RendererSampler":
     clips = []
     for name in pipeline.read_clip_list(clip_list, face_root):
-      frames = dataset_layout.frame_numbers(os.path.join(face_root, name), ".png")
+      frames = layout.frame_numbers(os.path.join(face_root, name), ".png")
       if len(frames) >= min_len:
         clips.append((name, np.asarray(frames, np.int64)))
     if not clips:

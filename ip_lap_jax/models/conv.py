@@ -7,8 +7,9 @@ transformed (`B^T d B`, `G g G^T`), multiplied channel-wise as 36 batched matrix
 products, and transformed back (`A^T m A`) into a 4x4 output tile. It is exact in real
 arithmetic; its float32 rounding is a few times a direct convolution's (points below),
 well inside the project's 1e-4 parity tolerance. cuDNN and oneDNN pick Winograd kernels
-themselves, so `algorithm="auto"` uses it on the CPU backend only, and only for float32
-or float64 compute (bfloat16 would amplify its rounding).
+themselves, so a config's `conv_algorithm="auto"` resolves to it (`resolve_algorithm`) on
+the CPU backend only, and only for float32 or float64 compute (bfloat16 would amplify its
+rounding).
 
 Gradients run by Winograd too: the input gradient is the same kind of convolution, and
 the kernel gradient is the transposed algorithm (`_winograd_kernel_grad`). XLA's CPU
@@ -34,7 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
-Algorithm = Literal["auto", "winograd", "direct"]
+# 'mixed': Winograd for layers of >= WINOGRAD_MIN_CHANNELS inputs, and for every layer
+# under differentiation; XLA's own convolution for the narrow layers' forward pass.
+Algorithm = Literal["mixed", "winograd", "direct"]
 
 
 def _matrices(at: list[list[float]], g: list[list[float]], bt: list[list[float]]
@@ -253,18 +256,34 @@ winograd_if_differentiated.defvjp(_winograd_fwd, _winograd_bwd)
 WINOGRAD_MIN_CHANNELS = 128
 
 
-def uses_winograd(algorithm: Algorithm, dtype: Any, in_channels: int,
-                  differentiated: bool = False) -> bool:
-  """Whether `Conv3x3` computes by Winograd for this algorithm, compute dtype and width,
-  in a forward-only pass or (`differentiated`) inside a gradient computation."""
+def resolve_algorithm(setting: str, dtype: Any, backend: str) -> Algorithm:
+  """The concrete algorithm for a config's `conv_algorithm` setting on `backend`.
+
+  'auto' is resolved here, once, where a model is built (`models.registry.build`), so a
+  module's numerics never depend on process state at trace time: 'mixed' on the CPU
+  backend in float32/64, 'direct' elsewhere (cuDNN and oneDNN pick Winograd kernels
+  themselves; bfloat16 would amplify its rounding). Concrete settings pass through.
+  """
+  if setting in ("mixed", "winograd", "direct"):
+    return setting  # type: ignore[return-value]
+  if setting != "auto":
+    raise ValueError(f"conv_algorithm must be 'auto', 'mixed', 'winograd' or 'direct', "
+                     f"got {setting!r}")
+  cpu_float = backend == "cpu" and jnp.dtype(dtype) in (jnp.float32, jnp.float64)
+  return "mixed" if cpu_float else "direct"
+
+
+def uses_winograd(algorithm: Algorithm, in_channels: int, differentiated: bool = False) -> bool:
+  """Whether `Conv3x3` computes by Winograd for this algorithm and input width, in a
+  forward-only pass or (`differentiated`) inside a gradient computation."""
   if algorithm == "winograd":
     return True
   if algorithm == "direct":
     return False
-  if algorithm != "auto":
-    raise ValueError(f"conv algorithm must be 'auto', 'winograd' or 'direct', got {algorithm!r}")
-  return (jax.default_backend() == "cpu" and jnp.dtype(dtype) in (jnp.float32, jnp.float64)
-          and (differentiated or in_channels >= WINOGRAD_MIN_CHANNELS))
+  if algorithm != "mixed":
+    raise ValueError(f"conv algorithm must be 'mixed', 'winograd' or 'direct' (resolve "
+                     f"'auto' with resolve_algorithm where the model is built), got {algorithm!r}")
+  return differentiated or in_channels >= WINOGRAD_MIN_CHANNELS
 
 
 class Conv3x3(nn.Module):
@@ -275,9 +294,9 @@ class Conv3x3(nn.Module):
     features: output channels.
     use_bias: add `bias` as nn.Conv does.
     dtype: compute dtype (params stay float32).
-    algorithm: 'auto' (on CPU in float32/64: Winograd from WINOGRAD_MIN_CHANNELS input
-      channels, and for every layer under differentiation; XLA's convolution elsewhere),
-      'winograd' or 'direct'.
+    algorithm: 'mixed' (Winograd from WINOGRAD_MIN_CHANNELS input channels, and for every
+      layer under differentiation; XLA's convolution elsewhere), 'winograd' or 'direct'.
+      `resolve_algorithm` turns a config's 'auto' into one of these.
     output_tile: Winograd's m (2, 3 or 4): 4 is fastest; 2 rounds like a direct
       convolution, for layers whose errors the network amplifies.
   """
@@ -285,15 +304,15 @@ class Conv3x3(nn.Module):
   features: int
   use_bias: bool = True
   dtype: Any = jnp.float32
-  algorithm: Algorithm = "auto"
+  algorithm: Algorithm = "direct"
   output_tile: int = 4
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cin, tile = x.shape[-1], self.output_tile
-    if uses_winograd(self.algorithm, self.dtype, cin):
+    if uses_winograd(self.algorithm, cin):
       conv_fn = lambda x, k: winograd_conv3x3(x, k, tile)  # noqa: E731
-    elif uses_winograd(self.algorithm, self.dtype, cin, differentiated=True):
+    elif uses_winograd(self.algorithm, cin, differentiated=True):
       conv_fn = lambda x, k: winograd_if_differentiated(x, k, tile)  # noqa: E731
     else:
       conv_fn = direct_conv3x3

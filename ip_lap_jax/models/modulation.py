@@ -70,7 +70,7 @@ class SPADELayer(nn.Module):
   features: int
   hidden: int = 256
   dtype: Any = jnp.float32
-  conv_algorithm: Algorithm = "auto"
+  conv_algorithm: Algorithm = "direct"
 
   def setup(self) -> None:
     self.conv1 = _conv3x3(self.hidden, self.dtype, self.conv_algorithm, "conv1")
@@ -111,7 +111,7 @@ class SPADE(nn.Module):
   features: int
   hidden: int = 256
   dtype: Any = jnp.float32
-  conv_algorithm: Algorithm = "auto"
+  conv_algorithm: Algorithm = "direct"
   output_tile: int = 4
 
   def setup(self) -> None:
@@ -178,7 +178,7 @@ class AdaIN(nn.Module):
 
   features: int
   dtype: Any = jnp.float32
-  conv_algorithm: Algorithm = "auto"
+  conv_algorithm: Algorithm = "direct"
 
   @nn.compact
   def __call__(self, x: Array, m: Array) -> Array:

@@ -162,7 +162,7 @@ class DenseFlowNetwork(nn.Module):
   use_warping: bool = True
   shared_modulation: bool = True
   dtype: Any = jnp.float32
-  conv_algorithm: Algorithm = "auto"
+  conv_algorithm: Algorithm = "direct"
   spade_output_tiles: tuple[int, int] = FLOW_SPADE_OUTPUT_TILES
 
   @nn.compact
@@ -248,7 +248,7 @@ class TranslationNetwork(nn.Module):
 
   use_audio: bool = True
   dtype: Any = jnp.float32
-  conv_algorithm: Algorithm = "auto"
+  conv_algorithm: Algorithm = "direct"
 
   @nn.compact
   def __call__(self, masked_face: Array, driving: Array, warped_ref: Array, warped_h1: Array,
@@ -309,15 +309,17 @@ class Renderer(nn.Module):
     use_audio: see TranslationNetwork.
     shared_modulation: see DenseFlowNetwork (speed only; outputs equal).
     dtype: compute dtype (float32 or bfloat16); parameters stay float32.
-    conv_algorithm: 'auto' (Winograd 3x3 convolutions on CPU in float32, XLA's own
-      elsewhere), 'winograd' or 'direct'; speed only, outputs equal to float rounding.
+    conv_algorithm: 'mixed' (Winograd for the wide 3x3 convolutions, and for all of them
+      under differentiation), 'winograd' or 'direct' (XLA's own); speed only, outputs equal
+      to float rounding. A config's 'auto' is resolved where the model is built
+      (`models.registry.build`, `models.conv.resolve_algorithm`).
   """
 
   use_warping: bool = True
   use_audio: bool = True
   shared_modulation: bool = True
   dtype: Any = jnp.float32
-  conv_algorithm: Algorithm = "auto"
+  conv_algorithm: Algorithm = "direct"
 
   @nn.compact
   def __call__(self, face: Array, target_sketches: Array, ref_images: Array, ref_sketches: Array,

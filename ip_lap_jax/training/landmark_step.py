@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from ip_lap_jax import losses
+from ip_lap_jax.training import losses
+from ip_lap_jax.models import registry
 from ip_lap_jax.models.landmark_generator import LandmarkGenerator
 from ip_lap_jax.training import state as state_lib
 
@@ -27,10 +28,7 @@ INPUTS = ("mels", "pose", "ref_pose", "ref_content")
 
 
 def make_model(cfg: ml_collections.ConfigDict) -> LandmarkGenerator:
-  m = cfg.model
-  return LandmarkGenerator(T=m.T, d_model=m.d_model, nlayers=m.nlayers, nhead=m.nhead,
-                           dim_feedforward=m.dim_feedforward, dropout=m.dropout,
-                           generator=m.generator, dtype=jnp.dtype(m.dtype))
+  return registry.build(registry.spec_from_config(cfg, "landmark_generator"))
 
 
 def dummy_batch(cfg: ml_collections.ConfigDict, batch: int = 1) -> dict[str, np.ndarray]:
@@ -43,8 +41,7 @@ def dummy_batch(cfg: ml_collections.ConfigDict, batch: int = 1) -> dict[str, np.
 
 
 def init_variables(cfg: ml_collections.ConfigDict, rng: jax.Array) -> dict[str, Any]:
-  batch = dummy_batch(cfg)
-  return jax.jit(lambda r: make_model(cfg).init(r, *(batch[k] for k in INPUTS), train=False))(rng)
+  return registry.init_variables(registry.spec_from_config(cfg, "landmark_generator"), rng)
 
 
 def init_state(cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation,

@@ -31,11 +31,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from ip_lap_jax import losses
+from ip_lap_jax.training import losses
+from ip_lap_jax.models import registry
 from ip_lap_jax.models.discriminator import MultiscaleDiscriminator
-from ip_lap_jax.models.inception import InceptionV3
 from ip_lap_jax.models.renderer import Renderer
-from ip_lap_jax.models.vgg import VGG19Features
 from ip_lap_jax.training import metrics as metrics_lib
 from ip_lap_jax.training import state as state_lib
 
@@ -44,11 +43,8 @@ IMAGE_KEYS = ("face", "sketches", "ref_images", "ref_sketches")
 
 
 def make_models(cfg: ml_collections.ConfigDict) -> tuple[Renderer, MultiscaleDiscriminator]:
-  dtype = jnp.dtype(cfg.model.dtype)
-  d = cfg.discriminator
-  return (Renderer(use_warping=cfg.model.use_warping, use_audio=cfg.model.use_audio, dtype=dtype,
-                   conv_algorithm=cfg.model.conv_algorithm),
-          MultiscaleDiscriminator(ndf=d.ndf, n_layers=d.n_layers, num_d=d.num_d, dtype=dtype))
+  return (registry.build(registry.spec_from_config(cfg, "renderer")),
+          registry.build(registry.spec_from_config(cfg, "discriminator")))
 
 
 def dummy_batch(cfg: ml_collections.ConfigDict, batch: int = 1, refs: int | None = None
@@ -71,13 +67,9 @@ def _inputs(batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
 def init_variables(cfg: ml_collections.ConfigDict, rng: jax.Array
                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
   """(renderer variables, discriminator variables, VGG19 variables), randomly initialised."""
-  renderer, disc = make_models(cfg)
-  inputs = _inputs(dummy_batch(cfg))
   r1, r2, r3 = jax.random.split(rng, 3)
-  gen_vars = jax.jit(lambda r: renderer.init(r, *inputs, train=False))(r1)
-  disc_vars = jax.jit(lambda r: disc.init(r, inputs[0]))(r2)
-  vgg_vars = jax.jit(lambda r: VGG19Features().init(r, inputs[0]))(r3)
-  return gen_vars, disc_vars, vgg_vars
+  return tuple(registry.init_variables(registry.spec_from_config(cfg, name), r)
+               for name, r in (("renderer", r1), ("discriminator", r2), ("vgg19", r3)))
 
 
 def init_state(gen_vars: dict[str, Any], disc_vars: dict[str, Any],
@@ -174,7 +166,7 @@ def eval_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: dic
     # One Inception pass over [gt; generated], as the release: images in [0, 1] and in
     # the data's BGR order, which the release also hands to piq; float32 whatever the
     # renderer's compute dtype (the release's FID network runs in float32).
-    feats = InceptionV3().apply(inception_vars, jnp.concatenate([face, generated]).astype(
+    feats = registry.build(registry.official_spec("inception")).apply(inception_vars, jnp.concatenate([face, generated]).astype(
         jnp.float32))
     feats = jax.lax.all_gather(feats.reshape(2, face.shape[0], -1), AXIS, axis=1, tiled=True)
     features = {"gt": feats[0], "generated": feats[1]}

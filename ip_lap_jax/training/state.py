@@ -109,10 +109,6 @@ def step_rng(state: State) -> jax.Array:
   return jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
 
 
-def global_norm(tree: Any) -> jax.Array:
-  return optax.tree.norm(tree)
-
-
 def leading_axis_sharding(devices: list[Any]) -> jax.sharding.NamedSharding:
   """Shards an array's leading axis over `devices` (pmap's input layout)."""
   mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
@@ -129,17 +125,3 @@ def replicate(tree: Any, devices: list[Any]) -> Any:
 def unreplicate(tree: Any) -> Any:
   """First replica of every leaf, fetched to host numpy."""
   return jax.tree.map(lambda x: jax.device_get(x[0]), tree)
-
-
-def check_same_structure(loaded: Any, template: Any, what: str) -> None:
-  """Raises ValueError naming paths whose presence or shape differs."""
-  flat_l = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_leaves_with_path(loaded)}
-  flat_t = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_leaves_with_path(template)}
-  missing = sorted(set(flat_t) - set(flat_l))
-  unknown = sorted(set(flat_l) - set(flat_t))
-  shapes = sorted(k for k in set(flat_l) & set(flat_t) if tuple(flat_l[k]) != tuple(flat_t[k]))
-  if missing or unknown or shapes:
-    raise ValueError(f"{what} does not fit the model: missing {missing[:10]}, unknown "
-                     f"{unknown[:10]}, mis-shaped {[(k, flat_l[k], flat_t[k]) for k in shapes[:10]]}")
-
-

@@ -205,7 +205,8 @@ def make_clip(actor: TalkingPhoto, duration_s: float, seed: int) -> SyntheticCli
 
 def write_clip(clip: SyntheticClip, path: pathlib.Path) -> None:
   """Writes the clip as an H.264 mp4 at 25 fps with its audio muxed in."""
-  from ip_lap_jax import audio, video  # pylint: disable=import-outside-toplevel
+  from ip_lap_jax.media import audio
+  from ip_lap_jax.media import video  # pylint: disable=import-outside-toplevel
   path.parent.mkdir(parents=True, exist_ok=True)
   wav_path = path.with_suffix(".wav")
   audio.save_wav(wav_path, clip.wav, SAMPLE_RATE)

@@ -4,8 +4,8 @@ No weights, no dataset, no GPU: everything is generated here and runs through th
 pipeline.
 
 1. data: short clips of scikit-image's astronaut photo whose jaw opens with the loudness
-   of synthetic speech (`ip_lap_jax.synthetic`), plus held-out clips and a held-out voice;
-2. preprocess: the clips into the release's dataset layout (`ip_lap_jax.preprocess`);
+   of synthetic speech (`ip_lap_jax.data.synthetic`), plus held-out clips and a held-out voice;
+2. preprocess: the clips into the release's dataset layout (`ip_lap_jax.data.preprocess`);
 3. train: both stages with their `smoke` configs (`train.py`'s library);
 4. evaluate: on held-out clips, landmark L1 and the correlation between the audio's loudness
    and the predicted lip openness, for the trained and an untrained landmark generator;
@@ -71,7 +71,8 @@ def _stage(number: int, title: str) -> Callable[[Callable[[], Any]], Any]:
 
 def make_data(out: pathlib.Path, size: DemoSize, seed: int) -> tuple[list[str], list[str], pathlib.Path]:
   """Synthetic clips (train + held-out) and a held-out voice; returns clip names and voice path."""
-  from ip_lap_jax import audio, synthetic  # pylint: disable=import-outside-toplevel
+  from ip_lap_jax.media import audio
+  from ip_lap_jax.data import synthetic  # pylint: disable=import-outside-toplevel
   raw = out / "data" / "raw"
   train = synthetic.make_dataset(raw, size.train_clips, size.clip_seconds, seed=seed, speaker="train")
   test = synthetic.make_dataset(raw, size.test_clips, size.clip_seconds, seed=seed + 1, speaker="heldout")
@@ -84,14 +85,15 @@ def make_data(out: pathlib.Path, size: DemoSize, seed: int) -> tuple[list[str], 
 
 def preprocess_data(out: pathlib.Path, train: list[str], test: list[str]) -> pathlib.Path:
   """The clips into the release's layout, plus train/test file lists."""
-  from ip_lap_jax import dataset_layout, preprocess  # pylint: disable=import-outside-toplevel
+  from ip_lap_jax.data import layout
+  from ip_lap_jax.data import preprocess  # pylint: disable=import-outside-toplevel
   prep = out / "data" / "preprocessed"
   summary = preprocess.run(out / "data" / "raw", prep, workers=2)
   failed = summary.get("failed") or {}
   if failed:
     raise RuntimeError(f"preprocessing failed on {sorted(failed)}: see {prep}")
-  dataset_layout.write_filelist(prep / "train.txt", train)
-  dataset_layout.write_filelist(prep / "test.txt", test)
+  layout.write_filelist(prep / "train.txt", train)
+  layout.write_filelist(prep / "test.txt", test)
   return prep
 
 
@@ -99,18 +101,18 @@ def evaluate(out: pathlib.Path, prep: pathlib.Path, test: list[str], trained_var
              seed: int) -> dict[str, Any]:
   """Landmark L1 and loudness/openness correlation, trained vs untrained; the plot."""
   import jax  # pylint: disable=import-outside-toplevel
-  from ip_lap_jax import dataset_layout, demo_eval  # pylint: disable=import-outside-toplevel
-  from ip_lap_jax.models.landmark_generator import LandmarkGenerator  # pylint: disable=import-outside-toplevel
+  from ip_lap_jax.data import layout
+  from ip_lap_jax.demo import evaluation  # pylint: disable=import-outside-toplevel
+  from ip_lap_jax.models import registry  # pylint: disable=import-outside-toplevel
 
-  roots = dataset_layout.DatasetRoots.under(prep)
-  clips = [demo_eval.load_clip_windows(roots, name) for name in test]
-  model = LandmarkGenerator()
-  c = clips[0]
-  untrained = model.init(jax.random.PRNGKey(seed), c.mels[:1], c.pose[:1], c.ref_pose[None],
-                         c.ref_content[None], train=False)
-  reports = {"untrained": demo_eval.evaluate(model, untrained, clips),
-             "trained": demo_eval.evaluate(model, trained_variables, clips)}
-  demo_eval.plot(reports, test[0], out / "openness.png")
+  roots = layout.DatasetRoots.under(prep)
+  clips = [evaluation.load_clip_windows(roots, name) for name in test]
+  spec = registry.official_spec("landmark_generator")
+  model = registry.build(spec)
+  untrained = registry.init_variables(spec, jax.random.PRNGKey(seed))
+  reports = {"untrained": evaluation.evaluate(model, untrained, clips),
+             "trained": evaluation.evaluate(model, trained_variables, clips)}
+  evaluation.plot(reports, test[0], out / "openness.png")
   return {name: {"landmark_l1": r.l1, "loudness_openness_correlation": r.correlation}
           for name, r in reports.items()}
 
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
   metrics = _stage(4, "evaluating on held-out clips")(
       lambda: evaluate(out, prep, test, trained_landmarks, args.seed))
   inference = _stage(5, "inference on a held-out clip with a held-out voice")(
-      lambda: infer(out, checkpoint, test[0], voice, size, train_metrics["renderer"]["image_size"]))
+      lambda: infer(out, checkpoint, test[0], voice, size))
   print("\n" + write_report(out, metrics, inference, size, train_metrics))
   print(f"outputs: {out / 'result.mp4'}, {out / 'openness.png'}, {out / 'report.md'}")
   return 0
@@ -165,8 +167,8 @@ def _train(out: pathlib.Path, stage: str, variant: str, overrides: dict[str, Any
   import importlib  # pylint: disable=import-outside-toplevel
 
   import jax  # pylint: disable=import-outside-toplevel
-  from ip_lap_jax import train_lib  # pylint: disable=import-outside-toplevel
-  cfg = importlib.import_module(f"configs.{stage}").get_config(variant)
+  from ip_lap_jax.training import loop as train_lib  # pylint: disable=import-outside-toplevel
+  cfg = importlib.import_module(f"ip_lap_jax.configs.{stage}").get_config(variant)
   for key, value in overrides.items():
     node = cfg
     *parents, leaf = key.split(".")
@@ -186,8 +188,9 @@ def train_both(out: pathlib.Path, prep: pathlib.Path, size: DemoSize, seed: int
 
   Returns (checkpoint dir, trained landmark-generator variables, final metrics).
   """
-  from ip_lap_jax import convert, dataset_layout  # pylint: disable=import-outside-toplevel
-  roots = dataset_layout.DatasetRoots.under(prep)
+  from ip_lap_jax import export  # pylint: disable=import-outside-toplevel
+  from ip_lap_jax.data import layout  # pylint: disable=import-outside-toplevel
+  roots = layout.DatasetRoots.under(prep)
   lists = {"data.train_list": str(prep / "train.txt"), "data.test_list": str(prep / "test.txt")}
   common = {"seed": seed, **lists}
   _, lmk = _train(out, "landmark_generator", "smoke", {
@@ -206,13 +209,10 @@ def train_both(out: pathlib.Path, prep: pathlib.Path, size: DemoSize, seed: int
 
   checkpoint = out / "checkpoint"
   lmk_vars = {k: lmk["state"][k] for k in ("params", "batch_stats")}
-  ren_vars = {k: ren["state"][k] for k in ("params", "batch_stats")}
   trained_now = bool(lmk["train"] or ren["train"])
-  for name, variables, result in (("landmark_generator", lmk_vars, lmk), ("renderer", ren_vars, ren)):
+  for name in ("landmark_generator", "renderer"):
     if trained_now or not (checkpoint / name).is_dir():
-      convert.save_variables(checkpoint / name, {"variables": variables},
-                             {"model": name, "source": str(out / "runs" / name),
-                              "trained_steps": int(result["state"]["step"])}, overwrite=True)
+      export.export(out / "runs" / name, checkpoint / name, overwrite=True)
   metrics_path = out / "runs" / "train_metrics.json"
   if trained_now:
     metrics = {"landmark_generator": {"train": lmk["train"], "eval": lmk["eval"],
@@ -225,7 +225,7 @@ def train_both(out: pathlib.Path, prep: pathlib.Path, size: DemoSize, seed: int
 
 
 def infer(out: pathlib.Path, checkpoint: pathlib.Path, template_clip: str, voice: pathlib.Path,
-          size: DemoSize, render_size: int):
+          size: DemoSize):
   """The real inference pipeline on a held-out clip as template."""
   from ip_lap_jax import inference  # pylint: disable=import-outside-toplevel
   template = out / "data" / "raw" / f"{template_clip}.mp4"
@@ -235,7 +235,7 @@ def infer(out: pathlib.Path, checkpoint: pathlib.Path, template_clip: str, voice
     print(f"{result} is up to date")
     return None
   options = inference.InferenceOptions(num_refs=size.inference_refs, batch_size=4,
-                                       cache_dir=str(out / "cache"), render_size=render_size)
+                                       cache_dir=str(out / "cache"))
   return inference.LipSyncer(checkpoint, options).run(template, voice, result)
 
 

@@ -21,7 +21,9 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from ip_lap_jax import export
 from ip_lap_jax.data import pipeline
+from ip_lap_jax.models import registry, store, structure
 from ip_lap_jax.data.landmark_data import LandmarkSampler
 from ip_lap_jax.data.renderer_data import RendererSampler
 from ip_lap_jax.training import checkpoint as ckpt_lib
@@ -50,29 +52,28 @@ def make_samplers(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
 
 def _load_converted(directory: str, item: str, template: dict[str, Any], what: str
                     ) -> dict[str, Any]:
-  from ip_lap_jax import convert  # pylint: disable=g-import-not-at-top
-  tree = convert.load_variables(directory, item)
+  """A saved tree (`models.store`) checked against the variables it replaces."""
+  tree = store.load_tree(directory, item)
   if "params" not in tree:
     tree = {"params": tree}
   tree = {k: v for k, v in tree.items() if k in template}
-  state_lib.check_same_structure(tree, template, f"{what} from {directory}/{item}")
+  structure.check_structure(tree, template, f"{what} from {directory}/{item}")
   return tree
 
 
 def _load_fid_inception(directory: str) -> dict[str, Any]:
   """Converted FID Inception variables from `config.fid_inception_from`, checked."""
-  from ip_lap_jax import convert  # pylint: disable=g-import-not-at-top
   how = ("convert pytorch-fid's pt_inception-2015-12-05-6726825d.pth with "
          "`python -m ip_lap_jax.convert --model inception --src ... --out DIR`")
   path = pathlib.Path(directory)
   if not path.is_dir():
     raise FileNotFoundError(f"config.fid_inception_from={directory}: no such directory ({how})")
-  if (path / "provenance.json").is_file():
-    model = convert.read_provenance(path).get("model")
-    if model != "inception":
-      raise ValueError(f"config.fid_inception_from={directory} holds a converted {model!r}, "
-                       f"not the FID Inception ({how})")
-  return _load_converted(directory, "variables", convert.model_template("inception"),
+  model = store.read_provenance(path).get("model")
+  if model not in (None, "inception"):
+    raise ValueError(f"config.fid_inception_from={directory} holds a converted {model!r}, "
+                     f"not the FID Inception ({how})")
+  return _load_converted(directory, "variables",
+                         registry.variables_template(registry.official_spec("inception")),
                          "FID Inception")
 
 
@@ -181,6 +182,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Pa
   primary = jax.process_index() == 0
   if primary:
     (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+    export.write_run_spec(workdir, registry.spec_from_config(cfg))
 
   train_sampler, test_sampler = make_samplers(cfg)
   epoch_steps = steps_per_epoch(cfg, len(train_sampler.clips))

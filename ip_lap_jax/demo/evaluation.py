@@ -19,7 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ip_lap_jax import audio, dataset_layout, landmarks, synthetic
+from ip_lap_jax.media import audio
+from ip_lap_jax.data import layout
+from ip_lap_jax.face import landmarks
+from ip_lap_jax.data import synthetic
 from ip_lap_jax.models.landmark_generator import LandmarkGenerator
 
 T = 5
@@ -45,13 +48,13 @@ class ClipWindows:
   loudness: np.ndarray  # [K] loudness at the centre frames
 
 
-def load_clip_windows(roots: dataset_layout.DatasetRoots, clip: str, num_refs: int = 15) -> ClipWindows:
+def load_clip_windows(roots: layout.DatasetRoots, clip: str, num_refs: int = 15) -> ClipWindows:
   """Reads a preprocessed clip and builds all windows whose frames and mels exist."""
-  frames = dataset_layout.frame_numbers(roots.landmark_root / clip)
+  frames = layout.frame_numbers(roots.landmark_root / clip)
   poses, contents = {}, {}
   for f in frames:
-    poses[f], contents[f] = dataset_layout.load_landmarks(roots.landmark_path(clip, f))
-  mel = dataset_layout.load_mel(roots.mel_path(clip))  # [80, M]
+    poses[f], contents[f] = layout.load_landmarks(roots.landmark_path(clip, f))
+  mel = layout.load_mel(roots.mel_path(clip))  # [80, M]
   wav = audio.load_audio(roots.wav_path(clip))
   loudness = synthetic.frame_loudness(wav, max(frames) + 1)
 

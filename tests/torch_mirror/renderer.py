@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ip_lap_jax.torch_mirror.landmark_generator import mel_encoder
-from ip_lap_jax.torch_mirror.vgg import PerceptualNetworkTorch
+from torch_mirror.landmark_generator import mel_encoder
+from torch_mirror.vgg import PerceptualNetworkTorch
 
 
 class SPADELayerTorch(nn.Module):

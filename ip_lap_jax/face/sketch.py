@@ -16,7 +16,8 @@ from typing import Mapping
 import cv2
 import numpy as np
 
-from ip_lap_jax import array_checks, landmarks
+from ip_lap_jax import array_checks
+from ip_lap_jax.face import landmarks
 
 SKETCH_SIZE = 128
 LINE_VALUE = 224  # the release's "WHITE_COLOR" (224, 224, 224)

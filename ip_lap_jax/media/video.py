@@ -261,7 +261,7 @@ class VideoWriter:
   temporary file is deleted and `path` is untouched. All frames must have the first
   frame's size; yuv420p needs even sizes, so an odd width or height is padded by
   repeating the last column/row (the output is then 1 pixel larger). The audio (any
-  format `ip_lap_jax.audio.decode_audio` reads) is encoded as AAC at its own rate
+  format `ip_lap_jax.media.audio.decode_audio` reads) is encoded as AAC at its own rate
   (48 kHz if AAC does not support it), mono or stereo, and kept whole (not cut to the
   video's length, as the release's ffmpeg mux). `metadata` goes into the container's
   tags (arbitrary keys are kept: movflags use_metadata_tags).
@@ -279,7 +279,7 @@ class VideoWriter:
     self.num_frames = 0
     self._audio: tuple[np.ndarray, int] | None = None
     if audio_path is not None:
-      from ip_lap_jax import audio as audio_lib
+      from ip_lap_jax.media import audio as audio_lib
 
       # Decoded now so that a bad audio file fails before any frame is rendered.
       self._audio = audio_lib.decode_audio(audio_path)
@@ -354,7 +354,7 @@ class VideoWriter:
     if samples.shape[0] > 2:
       samples = samples.mean(axis=0, keepdims=True, dtype=np.float32)
     if stream.rate != rate:
-      from ip_lap_jax.audio import _resample_soxr_hq
+      from ip_lap_jax.media.audio import _resample_soxr_hq
 
       samples = np.stack([_resample_soxr_hq(c, rate, stream.rate) for c in samples])
     samples = np.ascontiguousarray(samples, dtype=np.float32)

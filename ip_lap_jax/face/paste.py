@@ -19,7 +19,7 @@ import chex
 import cv2
 import numpy as np
 
-from ip_lap_jax import landmarks
+from ip_lap_jax.face import landmarks
 
 BLUR_KERNEL = 21  # the release's GaussianBlur((21, 21), 11)
 BLUR_SIGMA = 11.0

@@ -34,7 +34,8 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-from ip_lap_jax import array_checks, landmarks
+from ip_lap_jax import array_checks
+from ip_lap_jax.face import landmarks
 
 PathLike = str | os.PathLike[str]
 

@@ -8,7 +8,7 @@ The algorithm is the release's `inference_single.py` (REFERENCE section 7):
    sorted by lip openness (`select_references`);
 4. the template plays forward then backward, repeated, to cover the audio (`pingpong`);
 5. window k (frames k..k+4) -> landmark generator -> 5 sketches -> renderer -> the
-   centre frame k+2, pasted into its frame with a feathered mask (`ip_lap_jax.paste`);
+   centre frame k+2, pasted into its frame with a feathered mask (`ip_lap_jax.face.paste`);
    the first window's frame is written 3 times.
 
 Deviations, each for a stated reason:
@@ -19,7 +19,7 @@ Deviations, each for a stated reason:
 - Frames without a face are written unchanged (the release stops); windows read the
   pose of the nearest frame that has a face. References are chosen among frames with
   a face; linspace in float64 (the release: float32 `torch.linspace`).
-- Paste mask: Face Mesh points (see `ip_lap_jax.paste`), not a second detector.
+- Paste mask: Face Mesh points (see `ip_lap_jax.face.paste`), not a second detector.
 
 Speed and memory:
 - The landmark generator runs `batch_size` windows per call, the renderer renders
@@ -38,9 +38,10 @@ Speed and memory:
 - Detection results are cached on disk under `cache_dir`, keyed by the template's
   SHA-256 and the detector settings.
 
-Checkpoint directory layout (the converter's output, `python -m ip_lap_jax.convert`):
-  <checkpoint>/landmark_generator/variables  (from landmarkgenerator_checkpoint.pth)
-  <checkpoint>/renderer/variables            (from renderer_checkpoint.pth)
+Checkpoint directory layout: two saved models (`ip_lap_jax.models.store`), converted
+(`python -m ip_lap_jax.convert`) or exported from training (`python -m ip_lap_jax.export`):
+  <checkpoint>/landmark_generator/{model.json,variables}
+  <checkpoint>/renderer/{model.json,variables}
 """
 
 from __future__ import annotations
@@ -64,25 +65,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ip_lap_jax import audio as audio_lib
-from ip_lap_jax import landmarks
-from ip_lap_jax import paste
-from ip_lap_jax import sketch
-from ip_lap_jax import video
+from ip_lap_jax.media import audio as audio_lib
+from ip_lap_jax.face import landmarks
+from ip_lap_jax.face import paste
+from ip_lap_jax.face import sketch
+from ip_lap_jax.media import video
+from ip_lap_jax.files import file_sha256
+from ip_lap_jax.constants import CENTRE, FACE_SIZE, FPS, WINDOW
 from ip_lap_jax.errors import MediaError, require_file
+from ip_lap_jax.models import registry, store
+from ip_lap_jax.models.store import CheckpointError
 
 logger = logging.getLogger(__name__)
 
-FPS = 25
-T = 5  # frames per landmark window
-CENTRE = 2  # the rendered frame's index in its window
-FACE_SIZE = 128
 _DETECTION_CACHE_VERSION = 1
 _MODELS = ("landmark_generator", "renderer")
-
-
-class CheckpointError(ValueError):
-  """A checkpoint directory is missing a model or does not match the architecture."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,9 +102,10 @@ class InferenceOptions:
       ~/.cache/ip_lap_jax.
     progress: show a progress bar (frames/s, ETA).
     small_faces: the detector's second chance for small faces (see FaceMeshDetector).
-    render_size: side of the faces the renderer sees. 128 is the model's size; the
-      networks are convolutional, so smaller sizes run (meaningless output with real
-      weights) and keep pipeline tests cheap on a CPU. Keep 128.
+    render_size: side of the faces the renderer sees; None (default): the renderer's own
+      image size (its spec; 128 for the release). The networks are convolutional, so
+      smaller sizes run (meaningless output with trained weights) and keep pipeline
+      tests cheap on a CPU.
     reverse_block_mib: memory bound for playing the template backwards.
   """
   num_refs: int = 25
@@ -121,7 +119,7 @@ class InferenceOptions:
   cache_dir: str | None = None
   progress: bool = True
   small_faces: bool = False
-  render_size: int = FACE_SIZE
+  render_size: int | None = None
   reverse_block_mib: int = 256
 
   def __post_init__(self):
@@ -130,7 +128,7 @@ class InferenceOptions:
     if self.audio_track not in ("speech", "template"):
       raise ValueError(f"audio_track must be 'speech' or 'template', got {self.audio_track!r}")
     for name in ("num_refs", "num_landmark_refs", "batch_size", "render_size"):
-      if getattr(self, name) < 1:
+      if getattr(self, name) is not None and getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1")
     if self.face_pad < 0:
       raise ValueError("face_pad must be >= 0")
@@ -205,7 +203,7 @@ def nearest_valid(valid: np.ndarray) -> np.ndarray:
 
 def window_positions(window: int) -> np.ndarray:
   """Output positions of window k's frames: k..k+4 (the centre is k+2)."""
-  return window + np.arange(T)
+  return window + np.arange(WINDOW)
 
 
 def window_mel_indices(window: int, num_chunks: int) -> np.ndarray:
@@ -240,14 +238,6 @@ class FaceTrack:
   @property
   def valid(self) -> np.ndarray:
     return ~np.isnan(self.points[:, 0, 0])
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -399,83 +389,51 @@ class _FrameReader:
 # ---------------------------------------------------------------------- device code
 
 
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def _predict_content(variables, mels, pose, ref_pose, ref_content, *, dtype):
-  """mels [B, 5, 80, 16, 1], pose [B, 5, 74, 2], refs [Nl, ...] -> content [B, 5, 57, 2]."""
-  from ip_lap_jax.models.landmark_generator import LandmarkGenerator
+@functools.partial(jax.jit, static_argnames=("model",))
+def _predict_content(variables, mels, pose, ref_pose, ref_content, *, model):
+  """mels [B, 5, 80, 16, 1], pose [B, 5, 74, 2], refs [Nl, ...] -> content [B, 5, 57, 2].
 
+  `model`: the landmark generator module (`models.registry.build`).
+  """
   b = mels.shape[0]
   ref_pose = jnp.broadcast_to(ref_pose[None], (b,) + ref_pose.shape)
   ref_content = jnp.broadcast_to(ref_content[None], (b,) + ref_content.shape)
-  return LandmarkGenerator(dtype=dtype).apply(variables, mels, pose, ref_pose, ref_content,
-                                              train=False)
+  return model.apply(variables, mels, pose, ref_pose, ref_content, train=False)
 
 
-@functools.partial(jax.jit, static_argnames=("dtype",))
-def _render(variables, faces, sketches, ref_images, ref_sketches, mels, *, dtype):
+@functools.partial(jax.jit, static_argnames=("model",))
+def _render(variables, faces, sketches, ref_images, ref_sketches, mels, *, model):
   """Renders a batch of centre frames; the N references are shared by the batch.
 
   Args:
     faces: [B, S, S, 3] template faces; sketches: [B, 5, S, S, 3];
     ref_images, ref_sketches: [N, S, S, 3]; mels: [B, 80, 16, 1].
+    model: the renderer module (`models.registry.build`).
   Returns:
     uint8 [B, S, S, 3], the generated faces truncated to uint8 as the release does.
   """
-  from ip_lap_jax.models.renderer import Renderer
-
   b = faces.shape[0]
   refs = jnp.broadcast_to(ref_images[None], (b,) + ref_images.shape)
   ref_sk = jnp.broadcast_to(ref_sketches[None], (b,) + ref_sketches.shape)
-  generated, _ = Renderer(dtype=dtype).apply(variables, faces, sketches, refs, ref_sk, mels, train=False)
+  generated, _ = model.apply(variables, faces, sketches, refs, ref_sk, mels, train=False)
   return (generated * 255.0).astype(jnp.uint8)
 
 
-def _shapes(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[str, tuple]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_shapes(value, prefix + (key,)))
-    else:
-      out["/".join(prefix + (key,))] = tuple(value.shape)
-  return out
+def load_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> dict[str, store.SavedModel]:
+  """Loads and checks both saved models (layout: the module docstring).
 
-
-def load_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-  """Loads and checks both models' variables (layout: the module docstring).
+  Each is rebuilt from its own spec (`model.json`), so any exported variant (an LSTM
+  landmark generator, a renderer without warping or audio, another image size) runs,
+  also mixed with official ones.
 
   Raises:
     CheckpointError: a model is missing or any parameter is missing, unexpected or
       mis-shaped; the message names the directory and the keys.
   """
-  from ip_lap_jax import convert
-
   root = pathlib.Path(checkpoint_dir)
   if not root.is_dir():
     raise CheckpointError(f"{root}: checkpoint directory does not exist")
-  out = {}
-  for model in _MODELS:
-    directory = root / model
-    try:
-      variables = convert.load_variables(directory)
-    except FileNotFoundError as e:
-      raise CheckpointError(
-          f"{directory}: no converted {model} here (expected {directory}/variables from "
-          f"`python -m ip_lap_jax.convert --src <{model}>.pth --out {directory}`)") from e
-    except Exception as e:  # orbax raises various types for a corrupt checkpoint
-      raise CheckpointError(f"{directory}: cannot read the checkpoint: {e}") from e
-    expected = _shapes(convert.model_template(model))
-    got = _shapes(variables)
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-    if missing or unexpected or wrong:
-      lines = [f"{directory}: checkpoint does not match the {model} model"]
-      lines += [f"  missing: {k} {expected[k]}" for k in missing[:20]]
-      lines += [f"  unexpected: {k} {got[k]}" for k in unexpected[:20]]
-      lines += [f"  wrong shape: {k} {got[k]}, expected {expected[k]}" for k in wrong[:20]]
-      raise CheckpointError("\n".join(lines))
-    out[model] = variables
-  return out
+  return {model: store.load_model(root / model, expect=model) for model in _MODELS}
 
 
 # ---------------------------------------------------------------------------- batches
@@ -552,7 +510,12 @@ class LipSyncer:
                options: InferenceOptions = InferenceOptions()):
     self.options = options
     self.checkpoint_dir = os.fspath(checkpoint_dir)
-    variables = load_checkpoint(checkpoint_dir)
+    saved = load_checkpoint(checkpoint_dir)
+    self.specs = {name: model.spec for name, model in saved.items()}
+    self.models = {name: registry.build(model.spec, dtype=options.dtype)
+                   for name, model in saved.items()}
+    variables = {name: model.variables for name, model in saved.items()}
+    self.render_size = options.render_size or self.specs["renderer"].image_size
     self.devices = jax.devices()
     self.mesh = jax.sharding.Mesh(np.array(self.devices), ("batch",))
     self._batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("batch"))
@@ -560,7 +523,6 @@ class LipSyncer:
     self.variables = jax.device_put(variables, self._replicated)
     n = len(self.devices)
     self.batch_size = -(-options.batch_size // n) * n
-    self.dtype = jnp.bfloat16 if options.dtype == "bfloat16" else jnp.float32
 
   # -- compilation --------------------------------------------------------------
 
@@ -573,9 +535,10 @@ class LipSyncer:
       (predict_content, render) compiled executables.
     """
     opts = self.options
-    b, s = self.batch_size, opts.render_size
+    b, s = self.batch_size, self.render_size
     nl, n = opts.num_landmark_refs, opts.num_refs
-    key = (b, s, nl, n, self.dtype, tuple(d.id for d in self.devices),
+    key = (b, s, nl, n, self.models["landmark_generator"], self.models["renderer"],
+           tuple(d.id for d in self.devices),
            jax.tree_util.tree_structure(self.variables))
     with _COMPILE_LOCK:
       if key in _COMPILED:
@@ -590,12 +553,13 @@ class LipSyncer:
 
     mel = (80, audio_lib.MEL_STEP, 1)
     content_fn = _predict_content.lower(
-        self.variables["landmark_generator"], batched(b, T, *mel),
-        batched(b, T, landmarks.NUM_POSE, 2), shared(nl, landmarks.NUM_POSE, 2),
-        shared(nl, landmarks.NUM_CONTENT, 2), dtype=self.dtype).compile()
+        self.variables["landmark_generator"], batched(b, WINDOW, *mel),
+        batched(b, WINDOW, landmarks.NUM_POSE, 2), shared(nl, landmarks.NUM_POSE, 2),
+        shared(nl, landmarks.NUM_CONTENT, 2), model=self.models["landmark_generator"]).compile()
     render_fn = _render.lower(
-        self.variables["renderer"], batched(b, s, s, 3), batched(b, T, s, s, 3),
-        shared(n, s, s, 3), shared(n, s, s, 3), batched(b, *mel), dtype=self.dtype).compile()
+        self.variables["renderer"], batched(b, s, s, 3), batched(b, WINDOW, s, s, 3),
+        shared(n, s, s, 3), shared(n, s, s, 3), batched(b, *mel),
+        model=self.models["renderer"]).compile()
     with _COMPILE_LOCK:
       _COMPILED[key] = (content_fn, render_fn)
     return content_fn, render_fn
@@ -691,14 +655,14 @@ class LipSyncer:
   def _metadata(self) -> dict[str, str]:
     if not self.options.watermark:
       return {}
-    from ip_lap_jax import watermark
+    from ip_lap_jax.media import watermark
     return dict(watermark.METADATA)
 
   def _references(self, track: FaceTrack, geometry: _FrameGeometry,
                   reader: _FrameReader) -> dict[str, jax.Array]:
     """Landmark references [Nl, ...] and image references + sketches [N, S, S, 3]."""
     opts = self.options
-    s = opts.render_size
+    s = self.render_size
     lmk = select_references(geometry.openness, opts.num_landmark_refs)
     img = select_references(geometry.openness, opts.num_refs)
     crops = {}
@@ -723,15 +687,15 @@ class LipSyncer:
   def _batches(self, track: FaceTrack, geometry: _FrameGeometry, fill: np.ndarray,
                reader: _FrameReader, mel_chunks: np.ndarray, num_out: int) -> Iterator[_Batch]:
     """Yields batches of windows in output order (producer thread)."""
-    s = self.options.render_size
+    s = self.render_size
     bsz = self.batch_size
     length = track.num_frames
 
     def empty() -> dict[str, np.ndarray]:
       return {"faces": np.zeros((bsz, s, s, 3), np.float32),
-              "pose": np.zeros((bsz, T, landmarks.NUM_POSE, 2), np.float32),
-              "mels": np.zeros((bsz, T, 80, audio_lib.MEL_STEP, 1), np.float32),
-              "frames": np.zeros((bsz, T), np.int64)}
+              "pose": np.zeros((bsz, WINDOW, landmarks.NUM_POSE, 2), np.float32),
+              "mels": np.zeros((bsz, WINDOW, 80, audio_lib.MEL_STEP, 1), np.float32),
+              "frames": np.zeros((bsz, WINDOW), np.int64)}
 
     arrays, items, count = empty(), [], 0
     for window in range(num_out - CENTRE):
@@ -818,12 +782,12 @@ class LipSyncer:
     content = np.asarray(self._content_fn(
         self.variables["landmark_generator"], shard(batch.mels), shard(batch.pose),
         refs["ref_pose"], refs["ref_content"]))
-    s = self.options.render_size
+    s = self.render_size
     bsz = batch.faces.shape[0]
-    sketches = np.zeros((bsz, T, s, s, 3), np.float32)
+    sketches = np.zeros((bsz, WINDOW, s, s, 3), np.float32)
     centre = np.zeros((bsz, FACE_SIZE, FACE_SIZE, 3), np.float32)  # full size, for debug
     for b in range(batch.count):
-      for t in range(T):
+      for t in range(WINDOW):
         drawn = self._sketch(batch.pose[b, t], content[b, t], geometry.boxes[batch.frames[b, t]])
         sketches[b, t] = _resize(drawn, s)
         if t == CENTRE:
@@ -841,7 +805,7 @@ class LipSyncer:
     opts = self.options
     embed: Callable[[np.ndarray], np.ndarray] | None = None
     if opts.watermark:
-      from ip_lap_jax import watermark
+      from ip_lap_jax.media import watermark
       embed = watermark.embed_frame
     from tqdm import tqdm
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ip_lap_jax.torch_mirror.vgg import PERCEPTUAL_LAYERS, PerceptualNetworkTorch
+from torch_mirror.vgg import PERCEPTUAL_LAYERS, PerceptualNetworkTorch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
