@@ -48,6 +48,7 @@ from typing import Any, Iterable
 
 import cv2
 
+from ip_lap_jax.constants import FPS
 from ip_lap_jax.data import layout
 from ip_lap_jax.face import landmarks
 from ip_lap_jax.face import sketch
@@ -59,7 +60,6 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", "
                               ".mpeg", ".flv", ".wmv"})
 DONE_DIR = ".preprocess_done"
 SUMMARY_NAME = "preprocess_summary.json"
-FPS = 25.0
 
 
 @dataclasses.dataclass(frozen=True)

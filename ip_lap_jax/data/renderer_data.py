@@ -22,13 +22,13 @@ import os
 import cv2
 import numpy as np
 
+from ip_lap_jax.constants import WINDOW
 from ip_lap_jax.media import audio
 from ip_lap_jax.data import layout
 from ip_lap_jax.data import pipeline
 
 log = logging.getLogger(__name__)
 
-WINDOW = 5
 
 
 @dataclasses.dataclass

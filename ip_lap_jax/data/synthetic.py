@@ -18,7 +18,8 @@ import pathlib
 import cv2
 import numpy as np
 
-FPS = 25
+from ip_lap_jax.constants import FPS
+
 SAMPLE_RATE = 16000
 
 # Inner lip contours of Face Mesh (upper: corner to corner over the top; lower: back).

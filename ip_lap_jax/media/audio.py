@@ -27,10 +27,10 @@ import wave
 import numpy as np
 
 from ip_lap_jax import array_checks
+from ip_lap_jax.constants import FPS  # the video rate the mel windows are aligned to
 from ip_lap_jax.errors import MediaError, require_file
 
 SAMPLE_RATE = 16000
-FPS = 25  # video rate the mel windows are aligned to
 N_FFT = 800
 HOP = 200
 WIN = 800

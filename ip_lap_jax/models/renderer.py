@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from ip_lap_jax import ops
+from ip_lap_jax.constants import WINDOW  # driving sketches; their 15 channels modulate both modules
 from ip_lap_jax.models.conv import Algorithm
 from ip_lap_jax.models.layers import MelEncoder
 from ip_lap_jax.models.modulation import SPADE, AdaIN
@@ -38,7 +39,6 @@ from ip_lap_jax.models.modulation import SPADE, AdaIN
 Array = jax.Array
 
 IMAGE_SIZE = 128
-NUM_DRIVING = 5  # sketches per window; their 15 channels modulate both modules
 _TORCH_BN_MOMENTUM = 0.1
 # The flow head turns feature errors into sampling-position errors, which the warped
 # images amplify by their local gradient. F(4x4) Winograd in all four per-reference
@@ -181,7 +181,7 @@ class DenseFlowNetwork(nn.Module):
     chex.assert_rank([ref_images, ref_sketches, driving], [5, 5, 4])
     chex.assert_equal_shape([ref_images, ref_sketches])
     b, n, h, w, _ = ref_images.shape
-    chex.assert_shape(driving, (b, h, w, 3 * NUM_DRIVING))
+    chex.assert_shape(driving, (b, h, w, 3 * WINDOW))
     half = (h // 2, w // 2)
     dt = self.dtype
 
@@ -340,10 +340,10 @@ class Renderer(nn.Module):
     if size % 2:
       raise ValueError(f"renderer: image side must be even (h2 is half size), got {size}")
     chex.assert_shape(face, (b, size, size, 3))
-    chex.assert_shape(target_sketches, (b, NUM_DRIVING, size, size, 3))
+    chex.assert_shape(target_sketches, (b, WINDOW, size, size, 3))
     chex.assert_shape([ref_images, ref_sketches], (b, None, size, size, 3))
     # Channel 3*t + c is sketch t's channel c, as the release's torch.cat over time.
-    driving = jnp.moveaxis(target_sketches, 1, 3).reshape(b, size, size, 3 * NUM_DRIVING)
+    driving = jnp.moveaxis(target_sketches, 1, 3).reshape(b, size, size, 3 * WINDOW)
     warped_h1, warped_h2, warped_ref = DenseFlowNetwork(
         self.use_warping, self.shared_modulation, self.dtype, self.conv_algorithm,
         name="flow_module")(
