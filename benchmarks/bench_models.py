@@ -146,7 +146,7 @@ def bench_renderer(refs: int, batch: int, repeats: int, budget_s: float,
                   _channels_first(ref_images), _channels_first(ref_sketches),
                   _channels_first(mels)[:, None])
 
-  model = Renderer()
+  model = registry.build(registry.official_spec("renderer"))  # as inference builds it
   apply = jax.jit(lambda v, *a: model.apply(v, *a, train=False))
   jax_out, compile_s = _first_call(apply, variables, *jax_inputs)
 

@@ -49,8 +49,9 @@ def _checkpoint_steps(workdir: pathlib.Path) -> list[int]:
 
 
 def _metrics(workdir: pathlib.Path, step: int) -> dict[str, float]:
-  path = workdir / "checkpoints" / str(step) / "metrics" / "metrics"
-  return json.loads(path.read_text()) if path.is_file() else {}
+  """The eval metrics training recorded with a checkpoint (in its `meta` item)."""
+  path = workdir / "checkpoints" / str(step) / "meta" / "metadata"
+  return json.loads(path.read_text()).get("eval", {}) if path.is_file() else {}
 
 
 def choose_step(workdir: str | os.PathLike[str], which: str = "latest") -> int:

@@ -1,7 +1,7 @@
 """PyTorch-compatible primitives on NHWC arrays.
 
 The official release relies on a handful of PyTorch functions whose JAX look-alikes
-compute something else (REFERENCE section 8): `jax.image.resize` uses half-pixel
+compute something else (PyTorch's own semantics): `jax.image.resize` uses half-pixel
 centres for 'nearest' and antialiases when shrinking, and there is no `grid_sample`.
 Every function here reproduces the PyTorch semantics exactly and is unit-tested against
 the PyTorch function in `tests/test_ops.py`. Models import these; nothing re-implements
@@ -150,7 +150,7 @@ def pixel_shuffle(x: Array, upscale: int) -> Array:
   """`nn.PixelShuffle(upscale)` on NHWC.
 
   PyTorch reads input channel `c * r * r + i * r + j` into output channel c at
-  sub-pixel (i, j); the NHWC reshape must keep that order (REFERENCE section 8).
+  sub-pixel (i, j); the NHWC reshape must keep that order (PyTorch's own semantics).
 
   Args:
     x: [B, H, W, C * r * r].

@@ -1,4 +1,4 @@
-"""Audio loading and mel features against librosa and the release's recipe (REFERENCE section 2)."""
+"""Audio loading and mel features against librosa and the release's recipe."""
 
 from __future__ import annotations
 

@@ -1,17 +1,75 @@
-"""`make demo`'s program, shrunk (`--quick`): every stage runs and leaves its outputs."""
+"""`make demo`'s program, shrunk (`--quick`), run from the package as `pip install .` puts it.
+
+The package is built as a wheel and installed, non-editable, into a new virtualenv; the
+commands run with the working directory outside the checkout, so nothing outside the
+installed package (the top-level `configs/`, `tests/`, the source tree) can be imported.
+Third-party dependencies come from the project's own venv: its site-packages is put on
+the new venv's path by a `.pth` line, which does not run that venv's editable-install
+hook, so `ip_lap_jax` resolves to the installed wheel (asserted).
+
+One run covers every stage of the user's loop with the installed package: the demo
+(synthetic data, preprocessing, smoke training of both stages, export, inference), then
+the command-line tools on its outputs: export (with `--pth`), convert (of that `.pth`),
+preprocess, and the inference API on the converted checkpoint.
+"""
 
 import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
 
 import numpy as np
+import pytest
 
 from ip_lap_jax.demo import run as demo
 from ip_lap_jax.media import video
 from ip_lap_jax.media import watermark
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
-def test_quick_demo_end_to_end(tmp_path):
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> pathlib.Path:
+  """Python of a new venv with the project's wheel installed (not editable)."""
+  root = tmp_path_factory.mktemp("installed")
+  # A copy of the sources: setuptools builds in-tree, and a stale build/ in the checkout
+  # would put modules into the wheel that the sources no longer have.
+  source = root / "source"
+  shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+      ".git", ".venv", "build", "*.egg-info", "__pycache__", "demo_out", "tests"))
+  wheels = root / "wheels"
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                  "-q", "-w", str(wheels), str(source)], check=True, cwd=root, timeout=600)
+  env_dir = root / "venv"
+  venv.EnvBuilder(with_pip=False).create(env_dir)
+  python = env_dir / "bin" / "python"
+  site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                        check=True, capture_output=True, text=True).stdout.strip()
+  (pathlib.Path(site) / "project_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+  wheel = next(wheels.glob("ip_lap_jax-*.whl"))
+  subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site,
+                  str(wheel)], check=True, timeout=600)
+  where = subprocess.run([str(python), "-c", "import ip_lap_jax; print(ip_lap_jax.__file__)"],
+                         check=True, capture_output=True, text=True, cwd=root).stdout.strip()
+  assert where.startswith(site), f"ip_lap_jax imported from {where}, not the installed wheel"
+  return python
+
+
+def _run(python: pathlib.Path, *args: str, cwd: pathlib.Path) -> str:
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  result = subprocess.run([str(python), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=1800, env={**env, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+  return result.stdout
+
+
+def test_quick_demo_and_tools_from_installed_package(installed, tmp_path):
   out = tmp_path / "demo out"
-  assert demo.main(["--quick", "--out", str(out)]) == 0
+  _run(installed, "-m", "ip_lap_jax.demo", "--quick", "--out", str(out), cwd=tmp_path)
 
   # Data, preprocessing (official layout), training checkpoints, exported weights.
   assert len(list((out / "data" / "raw" / "train").glob("*.mp4"))) == demo.QUICK.train_clips
@@ -22,6 +80,9 @@ def test_quick_demo_end_to_end(tmp_path):
   for stage in ("landmark_generator", "renderer"):
     assert any((out / "runs" / stage / "checkpoints").iterdir())
     assert (out / "checkpoint" / stage / "variables").is_dir()
+    spec = json.loads((out / "checkpoint" / stage / "model.json").read_text())
+    assert spec["name"] == stage
+  assert spec["image_size"] == demo.QUICK.renderer_image_size
 
   # The watermarked result: 25 fps, as long as the held-out voice.
   info = video.probe(out / "result.mp4")
@@ -35,7 +96,35 @@ def test_quick_demo_end_to_end(tmp_path):
 
   # A second run reuses everything: no new data, no new training steps.
   mtimes = {p: p.stat().st_mtime for p in (out / "data" / "raw").rglob("*.mp4")}
-  assert demo.main(["--quick", "--out", str(out)]) == 0
+  _run(installed, "-m", "ip_lap_jax.demo", "--quick", "--out", str(out), cwd=tmp_path)
   assert {p: p.stat().st_mtime for p in (out / "data" / "raw").rglob("*.mp4")} == mtimes
   metrics = json.loads((out / "runs" / "train_metrics.json").read_text())
   assert np.isfinite(metrics["landmark_generator"]["train"]["loss"])
+
+  # export -> .pth -> convert: the official format round trip, with the installed tools.
+  ckpt = tmp_path / "ckpt"
+  _run(installed, "-m", "ip_lap_jax.export", "--workdir", str(out / "runs" / "landmark_generator"),
+       "--out", str(tmp_path / "exported"), "--pth", str(tmp_path / "lmk.pth"), cwd=tmp_path)
+  _run(installed, "-m", "ip_lap_jax.convert", "--src", str(tmp_path / "lmk.pth"),
+       "--out", str(ckpt / "landmark_generator"), cwd=tmp_path)
+  _run(installed, "-m", "ip_lap_jax.export", "--workdir", str(out / "runs" / "renderer"),
+       "--out", str(ckpt / "renderer"), "--step", "best", cwd=tmp_path)
+
+  # preprocess one raw clip with the installed command.
+  raw = out / "data" / "raw" / "test"
+  prep = tmp_path / "prep"
+  _run(installed, "-m", "ip_lap_jax.preprocess", "--input", str(raw.parent), "--output", str(prep),
+       "--workers", "1", "--no-progress", cwd=tmp_path)
+  assert not json.loads((prep / "preprocess_summary.json").read_text()).get("failed")
+
+  # The inference API on the converted + exported checkpoint.
+  template = next(raw.glob("*.mp4"))
+  script = (
+      "import sys\n"
+      "from ip_lap_jax import inference\n"
+      "options = inference.InferenceOptions(num_refs=1, batch_size=2, progress=False,\n"
+      "                                     cache_dir=sys.argv[4])\n"
+      "inference.LipSyncer(sys.argv[1], options).run(sys.argv[2], sys.argv[2], sys.argv[3])\n")
+  _run(installed, "-c", script, str(ckpt), str(template), str(tmp_path / "api.mp4"),
+       str(tmp_path / "cache"), cwd=tmp_path)
+  assert video.probe(tmp_path / "api.mp4").num_frames == video.probe(template).num_frames

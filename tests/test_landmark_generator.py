@@ -176,7 +176,7 @@ def test_rejects_wrong_window_length(variables, inputs):
 
 
 def _landmark_loss_torch(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-  """REFERENCE section 6: L1 + mean over (b, t) of |(p[t+1]-p[t]) - (g[t+1]-g[t])|_2."""
+  """The release's landmark loss: L1 + mean over (b, t) of |(p[t+1]-p[t]) - (g[t+1]-g[t])|_2."""
   l1 = torch.nn.functional.l1_loss(pred, gt)
   dp = (pred[:, 1:] - pred[:, :-1]).reshape(pred.shape[0] * (pred.shape[1] - 1), -1)
   dg = (gt[:, 1:] - gt[:, :-1]).reshape(dp.shape)

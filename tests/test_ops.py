@@ -31,7 +31,7 @@ def test_resize_nearest_matches_torch(in_hw, out_hw):
 
 
 def test_jax_image_resize_nearest_differs_from_torch():
-  # Why ops.resize_nearest exists: jax.image.resize picks other pixels (REFERENCE 8).
+  # Why ops.resize_nearest exists: jax.image.resize picks other pixels.
   x = RNG.standard_normal((1, 128, 128, 2)).astype(np.float32)
   expected = from_nchw(F.interpolate(to_nchw(x), size=(64, 64), mode="nearest"))
   naive = np.asarray(jax.image.resize(jnp.asarray(x), (1, 64, 64, 2), "nearest"))

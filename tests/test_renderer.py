@@ -12,11 +12,14 @@ import pytest
 import torch
 
 from ip_lap_jax import conversion
+from ip_lap_jax.models import registry
 from ip_lap_jax.models.renderer import DenseFlowNetwork, Renderer
 from torch_mirror.common import randomize_batchnorm_stats, save_official_checkpoint
 from torch_mirror.renderer import RendererTorch
 
 TOL = 1e-4
+# The renderer as inference builds it on this backend (Winograd 'mixed' on the CPU).
+PRODUCT = registry.build(registry.official_spec("renderer"))
 # bfloat16 compute (8-bit mantissa) through ~40 conv layers, measured on smooth inputs with
 # the fixture's exaggerated flow (tens of pixels): generated max abs error ~1.2e-2; the warped
 # reference ~4e-3 on average but up to ~0.3 at the few pixels (~0.5%) whose samples cross the
@@ -92,7 +95,7 @@ def _run_torch(mirror: RendererTorch, inputs) -> tuple[np.ndarray, np.ndarray]:
 def test_parity_with_release_mirror(mirror_and_variables, b, n):
   mirror, variables = mirror_and_variables
   inputs = _inputs(b, n, seed=10 * b + n)
-  gen_j, warp_j = _run_jax(Renderer(), variables, inputs)
+  gen_j, warp_j = _run_jax(PRODUCT, variables, inputs)
   gen_t, warp_t = _run_torch(mirror, inputs)
   assert gen_j.shape == gen_t.shape == (b, 128, 128, 3)
   assert warp_j.shape == warp_t.shape == (b, 128, 128, 3)
@@ -219,8 +222,9 @@ def test_bfloat16_error(mirror_and_variables):
   _, variables = mirror_and_variables
   face, sketches, ref_images, ref_sketches, mels = _inputs(1, 2, seed=9)
   inputs = (_smooth(face), sketches, _smooth(ref_images), ref_sketches, mels)
-  gen32, warp32 = _run_jax(Renderer(), variables, inputs)
-  gen16, warp16 = _run_jax(Renderer(dtype=jnp.bfloat16), variables, inputs)
+  gen32, warp32 = _run_jax(PRODUCT, variables, inputs)
+  gen16, warp16 = _run_jax(registry.build(registry.official_spec("renderer"), dtype="bfloat16"),
+                           variables, inputs)
   assert gen16.dtype == warp16.dtype == np.float32  # outputs are returned in float32
   err_gen = _max_err(gen16, gen32)
   err_warp_max = _max_err(warp16, warp32)

@@ -44,7 +44,7 @@ import torch
 
 from ip_lap_jax.configs import renderer as ren_config
 from ip_lap_jax import conversion
-from ip_lap_jax.models import registry
+from ip_lap_jax.models import conv, registry
 from ip_lap_jax.training import losses
 from ip_lap_jax.models.renderer import Renderer
 from torch_mirror.common import randomize_batchnorm_stats
@@ -57,7 +57,9 @@ NOISE_FACTOR = 3.0
 # The float64 check: a wrong formula shows as O(1); PyTorch's float32 ImageNet constants
 # alone put ~3e-8 between the two float64 runs.
 FLOAT64_RTOL = 1e-6
-TRAINING_CONV_ALGORITHM = ren_config.get_config().model.conv_algorithm
+# What training's default `conv_algorithm` ('auto') resolves to on this backend in float64.
+TRAINING_CONV_ALGORITHM = conv.resolve_algorithm(
+    ren_config.get_config().model.conv_algorithm, jnp.float64, jax.default_backend())
 # The float32 comparison runs XLA's convolutions; see the module docstring.
 FLOAT32_CONV_ALGORITHM = 'direct'
 

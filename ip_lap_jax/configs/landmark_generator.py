@@ -1,11 +1,11 @@
-"""Landmark generator training config (official settings by default; REFERENCE s. 6).
+"""Landmark generator training config (the release's `train_landmarks_generator.py` settings by default).
 
 Variants (comma-separated `get_config` argument):
   smoke  tiny batch and few steps for this CPU (about 2 minutes).
   lstm   the paper's LSTM ablation (bidirectional 4-layer LSTM instead of the transformer).
 
 Run:
-  python train.py --stage=landmark_generator --config=configs/landmark_generator.py \
+  python train.py --config=configs/landmark_generator.py \
       --workdir=/tmp/lmk --config.data.landmark_root=... --config.data.audio_root=... \
       --config.data.train_list=filelists/lrs2/train.txt --config.data.test_list=...
   Smoke: --config=configs/landmark_generator.py:smoke (about 2 min on a 2-core CPU).

@@ -1,4 +1,4 @@
-"""Renderer (+ discriminator) training config (official settings by default; REFERENCE s. 6).
+"""Renderer (+ discriminator) training config (the release's `train_video_renderer.py` settings by default).
 
 Variants (comma-separated `get_config` argument):
   smoke            64x64 images, batch 2, 10 steps (both loss phases) for this CPU;
@@ -9,7 +9,7 @@ Variants (comma-separated `get_config` argument):
                    (training always draws `data.ref_N` = 3, as the release).
 
 Run:
-  python train.py --stage=renderer --config=configs/renderer.py --workdir=/tmp/ren \
+  python train.py --config=configs/renderer.py --workdir=/tmp/ren \
       --config.data.face_root=... --config.data.sketch_root=... --config.data.audio_root=...
   Smoke: --config=configs/renderer.py:smoke.
   The release trained at batch 96 on 4 GPUs until FID ~ 20 on the LRS2 test list.
@@ -43,11 +43,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   cfg.stage = "renderer"
   cfg.variants = ",".join(sorted(variants))
 
-  # conv_algorithm: how the renderer's 3x3 convolutions compute ('auto', 'winograd',
-  # 'direct'; ip_lap_jax/models/conv.py). Speed only. 'auto' uses Winograd on the CPU
-  # backend (float32), for every layer in a train step, whose kernel gradients XLA's CPU
-  # backend runs at half its forward speed: a CPU step at the release's N=3 references
-  # and batch 2 measured 8.0-8.4 s, against 12.1-12.3 s 'direct'.
+  # conv_algorithm: how the renderer's 3x3 convolutions compute ('auto', 'mixed',
+  # 'winograd', 'direct'; ip_lap_jax/models/conv.py). Speed only. 'auto' is resolved where
+  # the model is built: 'mixed' (Winograd, for every layer in a train step, since XLA's
+  # CPU kernel gradients are slow) on the CPU backend in float32, 'direct' elsewhere
+  # (figures: benchmarks/README.md).
   cfg.model = ml_collections.ConfigDict(dict(
       use_warping="no_warp" not in variants, use_audio="no_audio" not in variants,
       dtype="float32", conv_algorithm="auto"))

@@ -1,7 +1,7 @@
 """Face Mesh landmarks as IP_LAP uses them: index sets, detection, face box, crop.
 
 The release works on 131 of MediaPipe Face Mesh's 478 points: every point of the lips,
-eyes, eyebrows and face-oval edge sets plus a custom nose set (REFERENCE section 3).
+eyes, eyebrows and face-oval edge sets plus a custom nose set (the release's `preprocess_video.py`).
 They split into 74 *pose* points (upper face, nose, cheeks; copied from the template
 video) and 57 *content* points (17 jaw + 40 lips; predicted from audio). Both groups are
 kept in one canonical order (`CANONICAL_ORDER`), which the models rely on.
@@ -333,7 +333,7 @@ class FaceMeshDetector:
   def __init__(self, static_image_mode: bool = True, max_num_faces: int = 1,
                refine_landmarks: bool = True, min_detection_confidence: float = 0.5,
                small_faces: bool = False, crop_scale: float = 2.0):
-    # MediaPipe is imported here: it takes ~1 s and is not needed by array users.
+    # MediaPipe is imported here: its import is slow and array users do not need it.
     import mediapipe as mp
 
     self._mesh = mp.solutions.face_mesh.FaceMesh(

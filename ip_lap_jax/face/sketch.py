@@ -1,4 +1,4 @@
-"""Landmark sketches: the 131 box-normalised points drawn as lines (REFERENCE section 3).
+"""Landmark sketches: the 131 box-normalised points drawn as lines (the release's `draw_landmarks`).
 
 A sketch is drawn on a black canvas whose shorter side is 128 and whose aspect matches
 the face box, with every edge of `landmarks.CONNECTIONS` as a 1 px OpenCV line of

@@ -1,4 +1,4 @@
-"""Audio loading and the mel features of the release (REFERENCE sections 1 and 2).
+"""Audio loading and the mel features of the release (the release's `audio.py`, Wav2Lip's hparams).
 
 Decoding uses PyAV (it ships its own ffmpeg, so any container ffmpeg reads works: wav,
 mp3, m4a, flac, the audio track of an mp4). Samples are decoded at their native rate as

@@ -1,7 +1,8 @@
 """3x3 convolutions (stride 1, padding 1) by Winograd's minimal filtering F(4x4, 3x3).
 
-Most of the renderer's arithmetic is in 3x3 convolutions. XLA's CPU backend runs them
-at about 80 GFLOP/s per core here, while Winograd's algorithm computes the same
+Most of the renderer's arithmetic is in 3x3 convolutions, which XLA's CPU backend runs
+far below the machine's peak (figures: benchmarks/README.md), while Winograd's algorithm
+computes the same
 convolution with 4x fewer multiplications: each 6x6 input tile and the 3x3 kernel are
 transformed (`B^T d B`, `G g G^T`), multiplied channel-wise as 36 batched matrix
 products, and transformed back (`A^T m A`) into a 4x4 output tile. It is exact in real
@@ -186,7 +187,7 @@ def _patch_kernel_grad(x: Array, dy: Array, k: int, stride: int, padding: int) -
 
   Patches are k*k strided slices stacked on a new axis, then one dot. XLA's CPU backend
   would compute this gradient as a convolution whose window is the whole activation map,
-  through a generic path (~2 GFLOP/s here).
+  through a generic, slow path (benchmarks/README.md).
   """
   ho, wo = dy.shape[1:3]
   xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
@@ -240,8 +241,7 @@ def winograd_if_differentiated(x: Array, kernel: Array, output_tile: int = 4) ->
   gradients when differentiated (JAX calls a custom VJP's forward rule only then).
 
   For layers too narrow for a Winograd forward pass to beat XLA's: with the kernel
-  gradient in the work it does (a [2, 128, 128, 64] -> 64 layer's forward and backward
-  pass measured 18-20 ms against XLA's 39-42 ms here). Both paths compute the same
+  gradient in the work it does, Winograd wins (benchmarks/README.md). Both paths compute the same
   convolution; they differ by float32 rounding only.
   """
   return direct_conv3x3(x, kernel)
@@ -251,8 +251,7 @@ winograd_if_differentiated.defvjp(_winograd_fwd, _winograd_bwd)
 
 
 # Below this many input channels a forward pass by F(4x4) costs more than XLA's own
-# (measured here: 64 channels at 128x128 run 1.1x slower, 128 channels 1.2x faster, 256
-# channels 2.1x faster).
+# (benchmarks/README.md, 'Winograd').
 WINOGRAD_MIN_CHANNELS = 128
 
 
@@ -323,9 +322,9 @@ class Conv3x3(nn.Module):
 def conv2d_matmul_kernel_grad(x: Array, kernel: Array, stride: int, padding: int) -> Array:
   """A square-kernel convolution whose kernel gradient is one matrix product.
 
-  XLA's CPU backend computed the discriminator's 4x4 kernel gradients on 16x16 maps
-  through a generic convolution path at ~2 GFLOP/s: 1.4 s per layer and call, half of a
-  renderer train step. `_patch_kernel_grad` makes it one dot.
+  XLA's CPU backend computes the discriminator's 4x4 kernel gradients on 16x16 maps
+  through a generic, slow convolution path (once half of a renderer train step;
+  benchmarks/README.md). `_patch_kernel_grad` makes it one dot.
 
   Args:
     x: [B, H, W, Cin]; kernel: [k, k, Cin, Cout]; stride, padding: PyTorch's (symmetric).

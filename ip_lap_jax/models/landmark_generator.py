@@ -35,7 +35,7 @@ NUM_MOUTH = 40
 # Embedding(4, 512) rows: 0 is padding, then one row per token kind.
 MODALITY_POSE, MODALITY_AUDIO, MODALITY_REF = 1, 2, 3
 
-# REFERENCE section 4: (features, kernel, stride, padding, residual).
+# The release's `models/landmark_generator.py`: (features, kernel, stride, padding, residual).
 REF_ENCODER_LAYERS: tuple[LayerSpec, ...] = (
     (4, 3, 1, 1, False),
     (8, 3, 2, 1, False), (8, 3, 1, 1, True), (8, 3, 1, 1, True),

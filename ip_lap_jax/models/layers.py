@@ -117,7 +117,7 @@ def conv_bn_stack(
   return x
 
 
-# The 13 mel-encoder layers (REFERENCE section 4); input [B, 80, 16, 1] -> [B, 1, 1, 512].
+# The 13 mel-encoder layers (the release's `mel_encoder`); input [B, 80, 16, 1] -> [B, 1, 1, 512].
 MEL_ENCODER_LAYERS: tuple[LayerSpec, ...] = (
     (32, 3, 1, 1, False),
     (32, 3, 1, 1, True),

@@ -1,6 +1,6 @@
 """Spatially (SPADE) and globally (AdaIN) modulated normalisation blocks of the renderer.
 
-REFERENCE section 5. Both layers compute `norm + norm * gamma + beta` with `norm` the
+The release's `models/video_renderer.py`. Both layers compute `norm + norm * gamma + beta` with `norm` the
 parameter-free instance norm of the input (eps 1e-5, biased variance), the same
 expression order as the release so float32 results agree to rounding.
 

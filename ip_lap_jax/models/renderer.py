@@ -1,6 +1,6 @@
 """The IP_LAP renderer: alignment (flow) module G_a and translation module G_r.
 
-REFERENCE section 5 and the release's `models/video_renderer.py`. Images are BGR in
+The release's `models/video_renderer.py`. Images are BGR in
 [0, 1], NHWC. Official parameter paths: `flow_module/...`, `translation/...`; the
 release's `perceptual.*` (VGG19) weights belong to `ip_lap_jax.models.vgg`.
 

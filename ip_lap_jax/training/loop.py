@@ -261,7 +261,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Pa
         cv2.imwrite(str(workdir / "samples" / f"step_{step:09d}.png"), grid)
     if step % cfg.checkpoint_every_steps == 0 or step == cfg.num_train_steps:
       ckpt_lib.save(manager, step, state_lib.unreplicate(state), data_state,
-                    {"step": step, "epoch": (step - 1) // epoch_steps, "stage": cfg.stage},
+                    {"step": step, "epoch": (step - 1) // epoch_steps, "stage": cfg.stage,
+                     "eval": eval_metrics or {}},
                     eval_metrics)
   bar.close()
   manager.wait_until_finished()
