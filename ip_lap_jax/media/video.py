@@ -264,17 +264,21 @@ class VideoWriter:
   format `ip_lap_jax.media.audio.decode_audio` reads) is encoded as AAC at its own rate
   (48 kHz if AAC does not support it), mono or stereo, and kept whole (not cut to the
   video's length, as the release's ffmpeg mux). `metadata` goes into the container's
-  tags (arbitrary keys are kept: movflags use_metadata_tags).
+  tags (arbitrary keys are kept: movflags use_metadata_tags). `crf` sets the quality
+  (libx264's constant rate factor: 18 is visually lossless, each +6 about halves the size),
+  `preset` the encoder's effort for that quality (slower presets give smaller files, not
+  better pictures), `threads` libx264's worker threads (0: its own choice).
   """
 
   def __init__(self, path: str | os.PathLike[str], fps: float = 25,
                audio_path: str | os.PathLike[str] | None = None,
                metadata: Mapping[str, str] | None = None, crf: int = 18,
-               preset: str = "medium"):
+               preset: str = "medium", threads: int = 0):
     self.path = os.fspath(path)
     self.fps = fractions.Fraction(fps).limit_denominator(100_000)
     self.crf = int(crf)
     self.preset = preset
+    self.threads = int(threads)
     self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
     self.num_frames = 0
     self._audio: tuple[np.ndarray, int] | None = None
@@ -314,6 +318,7 @@ class VideoWriter:
     stream.pix_fmt = "yuv420p"
     stream.codec_context.time_base = 1 / self.fps
     stream.options = {"crf": str(self.crf), "preset": self.preset}
+    stream.codec_context.thread_count = self.threads  # 0: libx264 picks (cores x 1.5)
     self._video_stream = stream
     if self._audio is not None:
       # Every stream must exist before the first packet is muxed (the header).
