@@ -110,15 +110,18 @@ def test_quick_demo_and_tools_from_installed_package(installed, tmp_path):
   _run(installed, "-m", "ip_lap_jax.export", "--workdir", str(out / "runs" / "renderer"),
        "--out", str(ckpt / "renderer"), "--step", "best", cwd=tmp_path)
 
-  # preprocess one raw clip with the installed command.
-  raw = out / "data" / "raw" / "test"
+  # preprocess one held-out clip with the installed command.
+  template = out / "data" / "raw" / "heldout" / "clip000.mp4"
+  (tmp_path / "raw" / "speaker").mkdir(parents=True)
+  shutil.copy(template, tmp_path / "raw" / "speaker" / "clip.mp4")
   prep = tmp_path / "prep"
-  _run(installed, "-m", "ip_lap_jax.preprocess", "--input", str(raw.parent), "--output", str(prep),
-       "--workers", "1", "--no-progress", cwd=tmp_path)
+  _run(installed, "-m", "ip_lap_jax.preprocess", "--input", str(tmp_path / "raw"),
+       "--output", str(prep), "--workers", "1", "--no-progress", cwd=tmp_path)
   assert not json.loads((prep / "preprocess_summary.json").read_text()).get("failed")
+  assert len(list((prep / "faces" / "speaker" / "clip").glob("*.png"))) == \
+      video.probe(template).num_frames
 
   # The inference API on the converted + exported checkpoint.
-  template = next(raw.glob("*.mp4"))
   script = (
       "import sys\n"
       "from ip_lap_jax import inference\n"
