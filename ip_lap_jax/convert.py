@@ -24,6 +24,9 @@ Special cases (everything the rule alone does not cover):
     bare state_dict (`Conv2d_1a_3x3.conv.weight`, `Mixed_7c.branch_pool.bn.running_var`,
     `fc.weight`, ...) follows the rule as it is; the file may lack `num_batches_tracked`
     (saved before PyTorch had it), which is fine. `export_state_dict` writes it back bare.
+  * SyncNet (`syncnet`): `syncnet_python`'s `syncnet_v2.model`, a bare state_dict
+    (`netcnnaud.0.weight`, `netcnnlip.1.running_var`, ...) that follows the rule; its
+    Conv3d kernels (O, I, d, h, w) become (d, h, w, I, O). Written back bare as well.
   * Reverse direction: a trailing `_<n>` is an index only after the names in
     `_INDEXED_CONTAINERS` (nn.Sequential / nn.ModuleList attributes of the release);
     `spade_layer_1`, `conv_1`, ... are attribute names and stay as they are.
@@ -50,7 +53,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-MODELS = ("landmark_generator", "renderer", "discriminator", "vgg19", "inception")
+MODELS = ("landmark_generator", "renderer", "discriminator", "vgg19", "inception", "syncnet")
 PE_KEYS = ("fusion_transformer.position_v.pe", "fusion_transformer.position_a.pe")
 NBT = "num_batches_tracked"
 _MODULE_PREFIX = "module."
@@ -61,13 +64,15 @@ _VGG_PREFIXES = ("perceptual.model.network.", "features.")
 _INDEXED_CONTAINERS = (
     "mel_encoder", "ref_encoder", "pose_encoder", "audio_encoder", "conv_block", "layers",
     "conv_5", "mlp_shared", "network",
+    "netcnnaud", "netcnnlip", "netfcaud", "netfclip",  # SyncNet
 )
 _INDEXED_RE = re.compile(
     r"^(" + "|".join(_INDEXED_CONTAINERS) + r"|scale\d+_layer\d+)_(\d+)$")
 
 # Flax kernel layout from the PyTorch weight layout, by rank.
-_TO_FLAX = {4: (2, 3, 1, 0), 3: (2, 1, 0), 2: (1, 0)}
-_TO_TORCH = {4: (3, 2, 0, 1), 3: (2, 1, 0), 2: (1, 0)}
+# Rank 5: Conv3d (O, I, d, h, w) <-> (d, h, w, I, O).
+_TO_FLAX = {5: (2, 3, 4, 1, 0), 4: (2, 3, 1, 0), 3: (2, 1, 0), 2: (1, 0)}
+_TO_TORCH = {5: (4, 3, 0, 1, 2), 4: (3, 2, 0, 1), 3: (2, 1, 0), 2: (1, 0)}
 
 
 class ConversionError(ValueError):
@@ -328,6 +333,8 @@ def detect_model(keys: Any) -> str:
     return "vgg19"
   if {"Conv2d_1a_3x3", "Mixed_7c"} & firsts:
     return "inception"
+  if {"netcnnaud", "netcnnlip"} & firsts:
+    return "syncnet"
   raise ConversionError(f"cannot tell which model these keys belong to: {sorted(firsts)[:10]}")
 
 
@@ -359,6 +366,10 @@ def model_template(model: str) -> dict[str, Any]:
   if model == "inception":
     from ip_lap_jax.models.inception import InceptionV3
     return jax.eval_shape(lambda k: InceptionV3().init(k, jnp.zeros((1, 299, 299, 3), f32)), key)
+  if model == "syncnet":
+    from ip_lap_jax.models.syncnet import SyncNet
+    args = (jnp.zeros((1, 5, 224, 224, 3), f32), jnp.zeros((1, 13, 20, 1), f32))
+    return jax.eval_shape(lambda k: SyncNet().init(k, *args), key)
   raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
 
 
@@ -534,7 +545,8 @@ def export_state_dict(
 ) -> None:
   """Writes Flax variables as an official-format .pth (`{'state_dict': ...}`).
 
-  An `inception` is written as a bare state_dict, the format of pytorch-fid's file.
+  An `inception` or `syncnet` is written as a bare state_dict, the format of
+  pytorch-fid's and syncnet_python's files.
 
   Args:
     variables: the model's {'params', 'batch_stats'?}.
@@ -565,7 +577,7 @@ def export_state_dict(
   tensors = {prefix + k: torch.from_numpy(np.array(v)) for k, v in state.items()}
   path = pathlib.Path(path)
   tmp = path.with_name(f".{path.name}.tmp")
-  torch.save(tensors if model == "inception" else {"state_dict": tensors}, tmp)
+  torch.save(tensors if model in ("inception", "syncnet") else {"state_dict": tensors}, tmp)
   os.replace(tmp, path)
 
 
