@@ -27,6 +27,10 @@ Special cases (everything the rule alone does not cover):
   * SyncNet (`syncnet`): `syncnet_python`'s `syncnet_v2.model`, a bare state_dict
     (`netcnnaud.0.weight`, `netcnnlip.1.running_var`, ...) that follows the rule; its
     Conv3d kernels (O, I, d, h, w) become (d, h, w, I, O). Written back bare as well.
+  * LPIPS (`lpips`): two files merged, torchvision's ImageNet AlexNet (`features.<i>.*`;
+    its `classifier.*` dropped) and lpips's heads `weights/v0.1/alex.pth`
+    (`lin<l>.model.1.weight`), by `convert_lpips` (CLI: `--model lpips --src ALEXNET
+    --heads ALEX`). Exported as one bare state_dict of both.
   * Reverse direction: a trailing `_<n>` is an index only after the names in
     `_INDEXED_CONTAINERS` (nn.Sequential / nn.ModuleList attributes of the release);
     `spade_layer_1`, `conv_1`, ... are attribute names and stay as they are.
@@ -53,7 +57,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-MODELS = ("landmark_generator", "renderer", "discriminator", "vgg19", "inception", "syncnet")
+MODELS = ("landmark_generator", "renderer", "discriminator", "vgg19", "inception", "syncnet",
+          "lpips")
 PE_KEYS = ("fusion_transformer.position_v.pe", "fusion_transformer.position_a.pe")
 NBT = "num_batches_tracked"
 _MODULE_PREFIX = "module."
@@ -65,6 +70,7 @@ _INDEXED_CONTAINERS = (
     "mel_encoder", "ref_encoder", "pose_encoder", "audio_encoder", "conv_block", "layers",
     "conv_5", "mlp_shared", "network",
     "netcnnaud", "netcnnlip", "netfcaud", "netfclip",  # SyncNet
+    "features", "model",  # LPIPS: torchvision AlexNet, lpips's NetLinLayer
 )
 _INDEXED_RE = re.compile(
     r"^(" + "|".join(_INDEXED_CONTAINERS) + r"|scale\d+_layer\d+)_(\d+)$")
@@ -335,6 +341,8 @@ def detect_model(keys: Any) -> str:
     return "inception"
   if {"netcnnaud", "netcnnlip"} & firsts:
     return "syncnet"
+  if "lin0" in firsts:
+    return "lpips"
   raise ConversionError(f"cannot tell which model these keys belong to: {sorted(firsts)[:10]}")
 
 
@@ -370,6 +378,10 @@ def model_template(model: str) -> dict[str, Any]:
     from ip_lap_jax.models.syncnet import SyncNet
     args = (jnp.zeros((1, 5, 224, 224, 3), f32), jnp.zeros((1, 13, 20, 1), f32))
     return jax.eval_shape(lambda k: SyncNet().init(k, *args), key)
+  if model == "lpips":
+    from ip_lap_jax.models.lpips import LPIPS
+    image = jnp.zeros((1, 64, 64, 3), f32)
+    return jax.eval_shape(lambda k: LPIPS().init(k, image, image), key)
   raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
 
 
@@ -516,6 +528,37 @@ def convert_checkpoint(
   return provenance
 
 
+def convert_lpips(
+    backbone: str | os.PathLike[str],
+    heads: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+  """LPIPS (AlexNet, v0.1) from torchvision's ImageNet `alexnet` file (`features.*`; the
+  classifier is dropped) and lpips's `weights/v0.1/alex.pth` (`lin<l>.model.1.weight`);
+  writes out_dir like `convert_checkpoint` and returns the provenance record."""
+  backbone, heads, out_dir = (pathlib.Path(p) for p in (backbone, heads, out_dir))
+  if out_dir.exists() and not overwrite:
+    raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
+  alexnet = {k: v for k, v in read_torch_checkpoint(backbone).items()
+             if not strip_module_prefix(k).startswith("classifier.")}
+  lins = read_torch_checkpoint(heads)
+  if any(not strip_module_prefix(k).startswith("lin") for k in lins):
+    raise ConversionError(f"{heads}: expected lpips heads `lin<l>.model.1.weight`, got "
+                          f"{sorted(lins)[:5]}")
+  variables = state_dict_to_variables({**alexnet, **lins}, model_template("lpips"))
+  provenance = {
+      "source": [str(backbone.absolute()), str(heads.absolute())],
+      "sha256": _sha256(backbone) + " " + _sha256(heads),
+      "model": "lpips",
+      "num_keys": len(alexnet) + len(lins),
+      "items": ["variables"],
+  }
+  save_variables(out_dir, {"variables": variables}, provenance, overwrite=True)
+  return provenance
+
+
 def read_provenance(directory: str | os.PathLike[str]) -> dict[str, Any]:
   return json.loads((pathlib.Path(directory) / "provenance.json").read_text())
 
@@ -546,7 +589,8 @@ def export_state_dict(
   """Writes Flax variables as an official-format .pth (`{'state_dict': ...}`).
 
   An `inception` or `syncnet` is written as a bare state_dict, the format of
-  pytorch-fid's and syncnet_python's files.
+  pytorch-fid's and syncnet_python's files; `lpips` as one bare state_dict of the
+  AlexNet `features.*` and the `lin<l>.model.1.weight` heads.
 
   Args:
     variables: the model's {'params', 'batch_stats'?}.
@@ -577,7 +621,7 @@ def export_state_dict(
   tensors = {prefix + k: torch.from_numpy(np.array(v)) for k, v in state.items()}
   path = pathlib.Path(path)
   tmp = path.with_name(f".{path.name}.tmp")
-  torch.save(tensors if model in ("inception", "syncnet") else {"state_dict": tensors}, tmp)
+  torch.save(tensors if model in ("inception", "syncnet", "lpips") else {"state_dict": tensors}, tmp)
   os.replace(tmp, path)
 
 
@@ -592,9 +636,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--model", choices=MODELS, default=None,
                       help="model (default: detected from the keys)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+  parser.add_argument("--heads", default=None,
+                      help="with --model lpips: lpips's weights/v0.1/alex.pth (--src is "
+                           "torchvision's ImageNet alexnet .pth)")
   args = parser.parse_args(argv)
+  if (args.model == "lpips") != (args.heads is not None):
+    parser.error("--heads goes with --model lpips, and --model lpips needs --heads")
   try:
-    provenance = convert_checkpoint(args.src, args.out, args.model, overwrite=args.overwrite)
+    if args.model == "lpips":
+      provenance = convert_lpips(args.src, args.heads, args.out, overwrite=args.overwrite)
+    else:
+      provenance = convert_checkpoint(args.src, args.out, args.model, overwrite=args.overwrite)
   except (ConversionError, FileExistsError, FileNotFoundError) as e:
     parser.exit(2, f"error: {e}\n")
   print(f"converted {provenance['model']} ({provenance['num_keys']} keys, "
