@@ -46,8 +46,9 @@ class Conv3d(nn.Module):
   Params `kernel` [kd, kh, kw, Cin, Cout] and `bias` [Cout], as nn.Conv with a 3-D kernel
   would hold them. Every SyncNet Conv3d spans the whole clip in depth (kd = 5 on 5
   frames) or has kd = 1, so each output depth step is a 2-D convolution of the kd input
-  frames stacked on channels: XLA's 2-D convolutions (and, on CPU, `conv.Conv3x3`'s
-  Winograd path for the 3x3 layers) serve it, where 3-D convolutions take slower paths.
+  frames stacked on channels. That lets the 3x3 layers use `conv`'s Winograd path on CPU
+  and the strided stem use `_strided_conv_by_row_products`; XLA's 3-D convolution was
+  not compared.
 
   __call__(x: [B, D, H, W, Cin]) -> [B, D - kd + 1, Ho, Wo, Cout].
   """
