@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
 	# Face Mesh model ships inside this wheel; its numpy<2 / opencv-contrib pins are wrong for us.
-	$(PY) -m pip install -q --no-deps "mediapipe==0.10.21" "invisible-watermark==0.2.0"
+	# lpips and piq are the tests' metric references; their torchvision pin would pull a CUDA
+	# build that cannot import beside the CPU torch (pyproject.toml's dev extra says more).
+	$(PY) -m pip install -q --no-deps "mediapipe==0.10.21" "invisible-watermark==0.2.0" \
+	  "lpips==0.1.4" "piq==0.8.0"
 	$(PY) -c "import mediapipe, imwatermark, jax, flax, orbax.checkpoint, grain, av, cv2, librosa"
 	touch $(STAMP)
 

@@ -1,5 +1,7 @@
 """`python -m ip_lap_jax.convert --src X.pth --out DIR [--model NAME]`: official PyTorch
-checkpoints (and pytorch-fid's FID Inception weights) -> saved models (`models.store`).
+checkpoints, and the evaluation networks' published weights (pytorch-fid's FID
+Inception, syncnet_python's SyncNet, torchvision's AlexNet + lpips's heads with
+`--model lpips --heads`) -> saved models (`models.store`).
 
 NAME is a registry name (`models.registry.NAMES`), detected from the keys when left
 out. Writes DIR/model.json (the official spec), DIR/variables (orbax: params +
@@ -19,7 +21,7 @@ from typing import Any
 
 from ip_lap_jax import files
 from ip_lap_jax.conversion import pth
-from ip_lap_jax.conversion.keys import MODULE_PREFIX, NBT
+from ip_lap_jax.conversion.keys import MODULE_PREFIX, NBT, strip_module_prefix
 from ip_lap_jax.conversion.state_dict import (ConversionError, detect_model, split_state_dict,
                                               state_dict_to_variables)
 from ip_lap_jax.models import registry, store
@@ -69,6 +71,38 @@ def convert_checkpoint(
   return provenance
 
 
+def convert_lpips(
+    backbone: str | os.PathLike[str],
+    heads: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+  """LPIPS (AlexNet, v0.1) from torchvision's ImageNet `alexnet` file (`features.*`; the
+  classifier is dropped) and lpips's `weights/v0.1/alex.pth` (`lin<l>.model.1.weight`);
+  writes out_dir like `convert_checkpoint` and returns the provenance record."""
+  backbone, heads, out_dir = (pathlib.Path(p) for p in (backbone, heads, out_dir))
+  if out_dir.exists() and not overwrite:
+    raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
+  alexnet = {k: v for k, v in pth.read_torch_checkpoint(backbone).items()
+             if not strip_module_prefix(k).startswith("classifier.")}
+  lins = pth.read_torch_checkpoint(heads)
+  if any(not strip_module_prefix(k).startswith("lin") for k in lins):
+    raise ConversionError(f"{heads}: expected lpips heads `lin<l>.model.1.weight`, got "
+                          f"{sorted(lins)[:5]}")
+  spec = registry.official_spec("lpips")
+  variables = state_dict_to_variables({**alexnet, **lins}, registry.variables_template(spec))
+  provenance = {
+      "source": [str(backbone.absolute()), str(heads.absolute())],
+      "sha256": files.file_sha256(backbone) + " " + files.file_sha256(heads),
+      "model": "lpips",
+      "num_keys": len(alexnet) + len(lins),
+      "items": ["variables"],
+  }
+  store.save_model(out_dir, spec, variables, provenance=provenance, overwrite=True)
+  return provenance
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m ip_lap_jax.convert",
@@ -80,9 +114,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--model", choices=registry.NAMES, default=None,
                       help="model (default: detected from the keys)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+  parser.add_argument("--heads", default=None,
+                      help="with --model lpips: lpips's weights/v0.1/alex.pth (--src is "
+                           "torchvision's ImageNet alexnet .pth)")
   args = parser.parse_args(argv)
+  if (args.model == "lpips") != (args.heads is not None):
+    parser.error("--heads goes with --model lpips, and --model lpips needs --heads")
   try:
-    provenance = convert_checkpoint(args.src, args.out, args.model, overwrite=args.overwrite)
+    if args.model == "lpips":
+      provenance = convert_lpips(args.src, args.heads, args.out, overwrite=args.overwrite)
+    else:
+      provenance = convert_checkpoint(args.src, args.out, args.model, overwrite=args.overwrite)
   except (ConversionError, FileExistsError, FileNotFoundError) as e:
     parser.exit(2, f"error: {e}\n")
   print(f"converted {provenance['model']} ({provenance['num_keys']} keys, "

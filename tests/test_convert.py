@@ -34,6 +34,15 @@ def _mirror_state_dict(model: str) -> dict[str, torch.Tensor]:
     module = MultiscaleDiscriminatorTorch()
   elif model == "inception":
     module = FIDInceptionV3Torch()
+  elif model == "syncnet":
+    from torch_mirror.syncnet import S
+    module = S()
+  elif model == "lpips":  # torchvision's AlexNet features + lpips's heads
+    from torch_mirror.torchvision_standin import AlexNet
+    heads = {f"lin{l}.model.1.weight": torch.randn(1, c, 1, 1)
+             for l, c in enumerate((64, 192, 384, 256, 256))}
+    return {**{k: v for k, v in AlexNet().state_dict().items() if k.startswith("features.")},
+            **heads}
   else:
     return {f"features.{k}": v for k, v in vgg19_features().state_dict().items()}
   return randomize_batchnorm_stats(module, seed=1).state_dict()

@@ -33,13 +33,16 @@ MODULE_PREFIX = "module."
 _INDEXED_CONTAINERS = (
     "mel_encoder", "ref_encoder", "pose_encoder", "audio_encoder", "conv_block", "layers",
     "conv_5", "mlp_shared", "network",
+    "netcnnaud", "netcnnlip", "netfcaud", "netfclip",  # SyncNet
+    "features", "model",  # LPIPS: torchvision AlexNet, lpips's NetLinLayer
 )
 _INDEXED_RE = re.compile(
     r"^(" + "|".join(_INDEXED_CONTAINERS) + r"|scale\d+_layer\d+)_(\d+)$")
 
 # Flax kernel layout from the PyTorch weight layout, by rank.
-TO_FLAX = {4: (2, 3, 1, 0), 3: (2, 1, 0), 2: (1, 0)}
-TO_TORCH = {4: (3, 2, 0, 1), 3: (2, 1, 0), 2: (1, 0)}
+# Rank 5: Conv3d (O, I, d, h, w) <-> (d, h, w, I, O).
+TO_FLAX = {5: (2, 3, 4, 1, 0), 4: (2, 3, 1, 0), 3: (2, 1, 0), 2: (1, 0)}
+TO_TORCH = {5: (4, 3, 0, 1, 2), 4: (3, 2, 0, 1), 3: (2, 1, 0), 2: (1, 0)}
 
 
 def strip_module_prefix(key: str) -> str:

@@ -17,6 +17,11 @@ from ip_lap_jax.conversion.state_dict import (PE_KEYS, ConversionError, detect_m
                                               variables_to_state_dict)
 
 
+# Models whose published files are bare state_dicts (pytorch-fid's, syncnet_python's and
+# torchvision's + lpips's), written back the same way.
+BARE_STATE_DICT = ("inception", "syncnet", "lpips")
+
+
 def read_torch_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
   """The state_dict of a release checkpoint (`{'state_dict': ...}` or a bare state_dict)."""
   import torch  # lazily: only conversion reads .pth files
@@ -55,7 +60,9 @@ def export_state_dict(
 ) -> None:
   """Writes Flax variables as an official-format .pth (`{'state_dict': ...}`).
 
-  An `inception` is written as a bare state_dict, the format of pytorch-fid's file.
+  An `inception` or `syncnet` is written as a bare state_dict, the format of
+  pytorch-fid's and syncnet_python's files; `lpips` as one bare state_dict of the
+  AlexNet `features.*` and the `lin<l>.model.1.weight` heads.
 
   Args:
     variables: the model's {'params', 'batch_stats'?}.
@@ -84,5 +91,5 @@ def export_state_dict(
   tensors = {prefix + k: torch.from_numpy(np.array(v)) for k, v in state.items()}
   path = pathlib.Path(path)
   tmp = path.with_name(f".{path.name}.tmp")
-  torch.save(tensors if model == "inception" else {"state_dict": tensors}, tmp)
+  torch.save(tensors if model in BARE_STATE_DICT else {"state_dict": tensors}, tmp)
   os.replace(tmp, path)

@@ -13,6 +13,13 @@ missing, mis-shaped and duplicate key, and wrong buffer values, in one Conversio
     bare state_dict (`Conv2d_1a_3x3.conv.weight`, `Mixed_7c.branch_pool.bn.running_var`,
     `fc.weight`, ...) follows the rule as it is; the file may lack `num_batches_tracked`
     (saved before PyTorch had it), which is fine.
+  * SyncNet (`syncnet`): `syncnet_python`'s `syncnet_v2.model`, a bare state_dict
+    (`netcnnaud.0.weight`, `netcnnlip.1.running_var`, ...) that follows the rule; its
+    Conv3d kernels (O, I, d, h, w) become (d, h, w, I, O).
+  * LPIPS (`lpips`): two files merged, torchvision's ImageNet AlexNet (`features.<i>.*`;
+    its `classifier.*` dropped) and lpips's heads `weights/v0.1/alex.pth`
+    (`lin<l>.model.1.weight`), by `convert.convert_lpips` (CLI: `--model lpips --src
+    ALEXNET --heads ALEX`).
 
 No torch here: tensors are read through `.detach().cpu().numpy()` when given.
 """
@@ -201,6 +208,10 @@ def detect_model(keys: Any) -> str:
     return "vgg19"
   if {"Conv2d_1a_3x3", "Mixed_7c"} & firsts:
     return "inception"
+  if {"netcnnaud", "netcnnlip"} & firsts:
+    return "syncnet"
+  if "lin0" in firsts:
+    return "lpips"
   raise ConversionError(f"cannot tell which model these keys belong to: {sorted(firsts)[:10]}")
 
 

@@ -23,7 +23,8 @@ import numpy as np
 
 from ip_lap_jax import constants
 
-NAMES = ("landmark_generator", "renderer", "discriminator", "vgg19", "inception")
+NAMES = ("landmark_generator", "renderer", "discriminator", "vgg19", "inception", "syncnet",
+         "lpips")
 
 # Constructor fields of each model and their official values (the release's settings).
 _OFFICIAL_CONFIG: dict[str, dict[str, Any]] = {
@@ -34,9 +35,12 @@ _OFFICIAL_CONFIG: dict[str, dict[str, Any]] = {
     "discriminator": dict(ndf=64, n_layers=3, num_d=2, dtype="float32"),
     "vgg19": dict(dtype="float32"),
     "inception": dict(),
+    # Evaluation networks: their published architecture; conv_algorithm is speed only.
+    "syncnet": dict(conv_algorithm="auto"),
+    "lpips": dict(conv_algorithm="auto"),
 }
 # Input image side of the models that take a fixed one.
-_FIXED_IMAGE_SIZE = {"inception": 299}
+_FIXED_IMAGE_SIZE = {"inception": 299, "syncnet": 224}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +110,7 @@ def spec_from_config(cfg: Any, name: str | None = None) -> ModelSpec:
                      image_size=cfg.data.image_size)
   if name == "vgg19":
     return ModelSpec(name, {"dtype": cfg.model.dtype}, image_size=cfg.data.image_size)
-  if name == "inception":
+  if name in ("inception", "syncnet", "lpips"):
     return ModelSpec(name, {})
   raise ValueError(f"unknown model {name!r}; expected one of {NAMES}")
 
@@ -129,11 +133,13 @@ def build(spec: ModelSpec, *, dtype: Any = None, backend: str | None = None) -> 
     if config["T"] != spec.window:
       raise ValueError(f"landmark generator T={config['T']} but window={spec.window}")
     return LandmarkGenerator(**config)
-  if spec.name == "renderer":
+  if "conv_algorithm" in config:
     from ip_lap_jax.models.conv import resolve_algorithm
-    from ip_lap_jax.models.renderer import Renderer
     config["conv_algorithm"] = resolve_algorithm(
-        config["conv_algorithm"], config["dtype"], backend or jax.default_backend())
+        config["conv_algorithm"], config.get("dtype", jnp.float32),
+        backend or jax.default_backend())
+  if spec.name == "renderer":
+    from ip_lap_jax.models.renderer import Renderer
     return Renderer(**config)
   if spec.name == "discriminator":
     from ip_lap_jax.models.discriminator import MultiscaleDiscriminator
@@ -141,6 +147,12 @@ def build(spec: ModelSpec, *, dtype: Any = None, backend: str | None = None) -> 
   if spec.name == "vgg19":
     from ip_lap_jax.models.vgg import VGG19Features
     return VGG19Features(**config)
+  if spec.name == "syncnet":
+    from ip_lap_jax.models.syncnet import SyncNet
+    return SyncNet(**config)
+  if spec.name == "lpips":
+    from ip_lap_jax.models.lpips import LPIPS
+    return LPIPS(**config)
   from ip_lap_jax.models.inception import InceptionV3
   return InceptionV3(**config)
 
@@ -154,6 +166,8 @@ def dummy_inputs(spec: ModelSpec, batch: int = 1, num_refs: int | None = None
   renderer: face [B, S, S, 3], sketches [B, T, S, S, 3], ref_images and ref_sketches
     [B, N, S, S, 3] (N = `num_refs`, default 1), mels [B, 80, 16, 1].
   discriminator, vgg19, inception: images [B, S, S, 3].
+  syncnet: lip clips [B, T, 224, 224, 3], MFCC [B, 13, 20, 1].
+  lpips: two image batches [B, S, S, 3].
   """
   from ip_lap_jax.face import landmarks
 
@@ -168,6 +182,10 @@ def dummy_inputs(spec: ModelSpec, batch: int = 1, num_refs: int | None = None
     return (np.zeros((batch, s, s, 3), f32), np.zeros((batch, t, s, s, 3), f32),
             np.zeros((batch, n, s, s, 3), f32), np.zeros((batch, n, s, s, 3), f32),
             np.zeros((batch, 80, 16, 1), f32))
+  if spec.name == "syncnet":
+    return np.zeros((batch, t, s, s, 3), f32), np.zeros((batch, 13, 20, 1), f32)
+  if spec.name == "lpips":
+    return np.zeros((batch, s, s, 3), f32), np.zeros((batch, s, s, 3), f32)
   return (np.zeros((batch, s, s, 3), f32),)
 
 

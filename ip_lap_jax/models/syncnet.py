@@ -1,0 +1,193 @@
+"""SyncNet (`joonson/syncnet_python`, `SyncNetModel.S`): the audio-visual sync network
+behind LSE-C / LSE-D (weights `syncnet_v2.model`).
+
+Two towers, each a convolutional trunk and a two-layer head giving 1024-d embeddings:
+  * audio: `netcnnaud` (Conv2d/BatchNorm/ReLU stack over a 13 x 20 MFCC patch) ->
+    `netfcaud` (Linear 512->512, BatchNorm1d, ReLU, Linear 512->1024);
+  * lips: `netcnnlip` (Conv3d/BatchNorm3d/ReLU stack over 5 frames of 224 x 224) ->
+    `netfclip` (same head layout).
+
+Submodules are named after the official Sequential indices under the converter's rule:
+`netcnnaud.0.weight` -> params `netcnnaud_0/kernel`, `netcnnlip.1.running_var` ->
+batch_stats `netcnnlip_1/var`, `netfcaud.3.bias` -> params `netfcaud_3/bias`. Conv3d
+kernels keep PyTorch's rank 5, in Flax order (d, h, w, I, O).
+
+A frozen scorer: BatchNorm (eps 1e-5) always uses the running statistics.
+
+Inputs are what the original feeds: lips `[B, 5, 224, 224, 3]` float BGR in 0..255 (no
+normalisation), MFCC `[B, 13, 20, 1]` (13 cepstra x 20 frames of 10 ms).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ip_lap_jax import ops
+from ip_lap_jax.models import conv as conv_lib
+
+Array = jax.Array
+
+EMBEDDING_DIM = 1024
+LIP_FRAMES = 5
+LIP_SIZE = 224
+MFCC_SHAPE = (13, 20)
+
+_BN = functools.partial(nn.BatchNorm, use_running_average=True, momentum=0.9, epsilon=1e-5)
+
+
+class Conv3d(nn.Module):
+  """PyTorch's Conv3d without depth padding or depth stride, computed as a 2-D convolution.
+
+  Params `kernel` [kd, kh, kw, Cin, Cout] and `bias` [Cout], as nn.Conv with a 3-D kernel
+  would hold them. Every SyncNet Conv3d spans the whole clip in depth (kd = 5 on 5
+  frames) or has kd = 1, so each output depth step is a 2-D convolution of the kd input
+  frames stacked on channels. That lets the 3x3 layers use `conv`'s Winograd path on CPU
+  and the strided stem use `_strided_conv_by_row_products`; XLA's 3-D convolution was
+  not compared.
+
+  __call__(x: [B, D, H, W, Cin]) -> [B, D - kd + 1, Ho, Wo, Cout].
+  """
+
+  features: int
+  kernel_size: tuple[int, int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: tuple[int, int] = (0, 0)
+  precision: Any = None
+  conv_algorithm: conv_lib.Algorithm = "direct"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    b, d, h, w, cin = x.shape
+    kd, kh, kw = self.kernel_size
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (kd, kh, kw, cin, self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    dout = d - kd + 1
+    # [B, Dout, H, W, kd * Cin], depth-major channels to match the folded kernel.
+    stacked = jnp.concatenate([x[:, t:t + dout] for t in range(kd)], axis=-1)
+    stacked = stacked.reshape(b * dout, h, w, kd * cin)
+    folded = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kd * cin, self.features)
+    # 'mixed'/'winograd' (the CPU's resolution of 'auto') also take the row products.
+    cpu_paths = self.conv_algorithm != "direct" and self.precision is None
+    if ((kh, kw), self.strides, self.padding) == ((3, 3), (1, 1), (1, 1)) and cpu_paths and \
+        conv_lib.uses_winograd(self.conv_algorithm, kd * cin):
+      y = conv_lib.winograd_conv3x3(stacked, folded)
+    elif cpu_paths and self.padding == (0, 0) and self.strides != (1, 1):
+      y = _strided_conv_by_row_products(stacked, folded, self.strides)
+    else:
+      y = jax.lax.conv_general_dilated(
+          stacked, folded, self.strides, ops.conv_padding(self.padding),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.precision)
+    y = y + bias
+    return y.reshape(b, dout, *y.shape[1:])
+
+
+def _strided_conv_by_row_products(x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
+  """An unpadded strided convolution as kh matrix products.
+
+  XLA's CPU convolution runs the first lip layer (15 input channels, 7x7, stride 2) far
+  below its speed on wide layers. Gathering the kw column taps into channels first makes
+  each kernel row one [B*Ho*Wo, kw*Cin] x [kw*Cin, Cout] product, which runs at matrix
+  product speed. Same sums, other order: float32 rounding only.
+
+  x: [B, H, W, Cin], kernel: [kh, kw, Cin, Cout] -> [B, Ho, Wo, Cout].
+  """
+  kh, kw, cin, cout = kernel.shape
+  sh, sw = strides
+  ho = (x.shape[1] - kh) // sh + 1
+  wo = (x.shape[2] - kw) // sw + 1
+  cols = jnp.concatenate([x[:, :, j:j + (wo - 1) * sw + 1:sw] for j in range(kw)], axis=-1)
+  out = None
+  for i in range(kh):
+    term = cols[:, i:i + (ho - 1) * sh + 1:sh] @ kernel[i].reshape(kw * cin, cout)
+    out = term if out is None else out + term
+  return out
+
+
+def _max_pool(x: Array, window: tuple[int, int], strides: tuple[int, int],
+              padding: int = 0) -> Array:
+  """PyTorch's MaxPool2d (or MaxPool3d with a depth-1 window) on [..., H, W, C]: padded
+  positions never win (Flax pads the reduction with -inf, as PyTorch does)."""
+  lead = x.shape[:-3]
+  x = x.reshape(-1, *x.shape[-3:])
+  y = nn.max_pool(x, window, strides=strides, padding=((padding, padding),) * 2)
+  return y.reshape(*lead, *y.shape[-3:])
+
+
+class SyncNet(nn.Module):
+  """`SyncNetModel.S` with its default `num_layers_in_fc_layers=1024`.
+
+  Attributes:
+    precision: passed to every convolution and matrix product (e.g.
+      `jax.lax.Precision.HIGHEST` to keep GPUs off TF32). None keeps XLA's default.
+    conv_algorithm: 'direct' (XLA's convolutions), or 'mixed' / 'winograd' (Winograd 3x3
+      convolutions and the stem as row products: the CPU's resolution of a spec's 'auto',
+      `models.registry.build`); speed only.
+  """
+
+  precision: Any = None
+  conv_algorithm: conv_lib.Algorithm = "direct"
+
+  @nn.compact
+  def __call__(self, clips: Array | None = None, mfcc: Array | None = None
+               ) -> tuple[Array | None, Array | None]:
+    """Embeds either input or both (`init` passes both to create every layer).
+
+    Args:
+      clips: [B, 5, 224, 224, 3] BGR in 0..255, or None.
+      mfcc: [B', 13, 20, 1], or None.
+    Returns:
+      (lip embeddings [B, 1024] or None, audio embeddings [B', 1024] or None).
+    """
+    def head(x, prefix):
+      x = nn.Dense(512, precision=self.precision, name=f"{prefix}_0")(x)
+      x = nn.relu(_BN(name=f"{prefix}_1")(x))
+      return nn.Dense(EMBEDDING_DIM, precision=self.precision, name=f"{prefix}_3")(x)
+
+    def aud_block(x, index, features, kernel=(3, 3), padding=1):
+      if kernel == (3, 3) and padding == 1 and self.precision is None:
+        x = conv_lib.Conv3x3(features, algorithm=self.conv_algorithm,
+                             name=f"netcnnaud_{index}")(x)
+      else:
+        x = nn.Conv(features, kernel, padding=ops.conv_padding(padding),
+                    precision=self.precision, name=f"netcnnaud_{index}")(x)
+      return nn.relu(_BN(name=f"netcnnaud_{index + 1}")(x))
+
+    def lip_block(x, index, features, kernel, strides=(1, 1), padding=(0, 0)):
+      x = Conv3d(features, kernel, strides, padding, self.precision, self.conv_algorithm,
+                 name=f"netcnnlip_{index}")(x)
+      return nn.relu(_BN(name=f"netcnnlip_{index + 1}")(x))
+
+    lip = aud = None
+    if clips is not None:
+      x = lip_block(clips, 0, 96, (5, 7, 7), (2, 2))  # [B, 1, 109, 109, 96]
+      x = _max_pool(x, (3, 3), (2, 2))  # 54 x 54
+      x = lip_block(x, 4, 256, (1, 5, 5), (2, 2), (1, 1))  # 26 x 26
+      x = _max_pool(x, (3, 3), (2, 2), padding=1)  # 13 x 13
+      for index in (8, 11, 14):
+        x = lip_block(x, index, 256, (1, 3, 3), padding=(1, 1))
+      x = _max_pool(x, (3, 3), (2, 2))  # 6 x 6
+      x = lip_block(x, 18, 512, (1, 6, 6))  # [B, 1, 1, 1, 512]
+      lip = head(x.reshape(x.shape[0], -1), "netfclip")
+    if mfcc is not None:
+      x = aud_block(mfcc, 0, 64)  # index 3 is MaxPool2d((1, 1)): the identity
+      x = _max_pool(aud_block(x, 4, 192), (3, 3), (1, 2))  # [B, 11, 9, 192]
+      x = aud_block(x, 8, 384)
+      x = aud_block(x, 11, 256)
+      x = _max_pool(aud_block(x, 14, 256), (3, 3), (2, 2))  # [B, 5, 4, 256]
+      x = aud_block(x, 18, 512, kernel=(5, 4), padding=0)  # [B, 1, 1, 512]
+      aud = head(x.reshape(x.shape[0], -1), "netfcaud")
+    return lip, aud
+
+  def forward_lip(self, clips: Array) -> Array:
+    """clips: [B, 5, 224, 224, 3] BGR in 0..255 -> [B, 1024] (`S.forward_lip`)."""
+    return self(clips=clips)[0]
+
+  def forward_aud(self, mfcc: Array) -> Array:
+    """mfcc: [B, 13, 20, 1] -> [B, 1024] (`S.forward_aud`)."""
+    return self(mfcc=mfcc)[1]
