@@ -11,7 +11,7 @@ Media come from two places:
     IP_LAP_REQUIRE_SAMPLE_DATA=1 (set by .ci/run) makes them fail instead, so CI always
     runs them.
 Parameters `real:<file>` name a sample-folder clip, others a generated one (the `clip`
-fixture resolves both), so one test body covers both kinds.
+and `sound` fixtures resolve both), so one test body covers both kinds.
 """
 
 import os
@@ -56,3 +56,9 @@ def media(tmp_path_factory) -> media_fixtures.GeneratedMedia:
 def clip(request) -> media_fixtures.Clip:
   """The clip a test is parametrized with (indirect): generated, or `real:<file>`."""
   return media_fixtures.resolve_clip(request, request.param)
+
+
+@pytest.fixture
+def sound(request) -> media_fixtures.Sound:
+  """The sound a test is parametrized with (indirect): generated, or `real:<file>`."""
+  return media_fixtures.resolve_sound(request, request.param)

@@ -108,6 +108,12 @@ _REAL_CLIPS = {
     "face_3.mp4": dict(fps=25.0, width=590, height=590, num_frames=125, audio_seconds=5.015),
 }
 
+_REAL_SOUNDS = {
+    "audio2.wav": dict(rate=44100, channels=2, seconds=21.339),
+    "abstract.mp3": dict(rate=48000, channels=1, seconds=32.88),
+    "speech_1.wav": dict(rate=44100, channels=2, seconds=5.0155),
+}
+
 
 def real_clip(folder: pathlib.Path, name: str) -> Clip:
   """A clip of the sample folder with its documented properties."""
@@ -119,6 +125,14 @@ def resolve_clip(request: pytest.FixtureRequest, name: str) -> Clip:
   if name.startswith(REAL):
     return real_clip(request.getfixturevalue("shared_data"), name[len(REAL):])
   return request.getfixturevalue("media").clip(name)
+
+
+def resolve_sound(request: pytest.FixtureRequest, name: str) -> Sound:
+  """As `resolve_clip`, for sounds."""
+  if name.startswith(REAL):
+    name = name[len(REAL):]
+    return Sound(path=request.getfixturevalue("shared_data") / name, **_REAL_SOUNDS[name])
+  return request.getfixturevalue("media").sound(name)
 
 
 class GeneratedMedia:
