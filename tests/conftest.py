@@ -22,7 +22,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
-import media_fixtures  # noqa: E402
+from tests import media_fixtures  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_DATA_ENV = "IP_LAP_SAMPLE_DATA"

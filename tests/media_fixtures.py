@@ -70,8 +70,9 @@ class Clip:
 
 @dataclasses.dataclass(frozen=True)
 class Sound:
-  """An audio file and what it was made to be: `channels` x `seconds` at `rate` Hz,
-  starting with SILENCE_S of digital silence (lossy codecs add a little padding)."""
+  """An audio file and what it was made (or is documented) to be: `channels` x `seconds`
+  at `rate` Hz. Generated ones start with SILENCE_S of digital silence; lossy codecs add
+  a little padding to `seconds`."""
   path: pathlib.Path
   rate: int
   channels: int
@@ -100,18 +101,16 @@ _SOUNDS = {
     "stereo_44k.m4a": (44100, 2, 1.5, "aac"),
 }
 
-# The sample folder's clips, as its README.md describes them.
+# The sample folder's files the tests use, as its README.md describes them.
 _REAL_CLIPS = {
     "129.mp4": dict(fps=30.0, width=256, height=256, num_frames=270),
     "face_1.mp4": dict(fps=135 / 6.1, width=700, height=700, num_frames=135, audio_seconds=6.107),
     "face_2.mp4": dict(fps=25.0, width=844, height=844, num_frames=125, audio_seconds=5.015),
-    "face_3.mp4": dict(fps=25.0, width=590, height=590, num_frames=125, audio_seconds=5.015),
 }
 
 _REAL_SOUNDS = {
     "audio2.wav": dict(rate=44100, channels=2, seconds=21.339),
     "abstract.mp3": dict(rate=48000, channels=1, seconds=32.88),
-    "speech_1.wav": dict(rate=44100, channels=2, seconds=5.0155),
 }
 
 

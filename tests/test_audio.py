@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import scipy.signal
 
-import media_fixtures
 from ip_lap_jax import audio
 from ip_lap_jax.errors import MediaError
+from tests import media_fixtures
 
 
 def reference_mel(wav: np.ndarray) -> np.ndarray:

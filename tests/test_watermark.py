@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from imwatermark.dwtDctSvd import EmbedDwtDctSvd
 
-import media_fixtures
 from ip_lap_jax import video, watermark
 from ip_lap_jax.errors import MediaError
+from tests import media_fixtures
 
 
 @pytest.fixture(scope="module", params=["square_30fps.mp4", "real:129.mp4"])
