@@ -49,7 +49,8 @@ from ip_lap_jax.face import paste  # noqa: E402
 from ip_lap_jax.face import sketch  # noqa: E402
 from ip_lap_jax.media import video  # noqa: E402
 
-DATA = REPO.parent / "shared" / "data"
+# The sample folder, as in the tests: $IP_LAP_SAMPLE_DATA, default ../shared/data.
+DATA = pathlib.Path(os.environ.get("IP_LAP_SAMPLE_DATA") or REPO.parent / "shared" / "data")
 
 
 def make_checkpoint(root: pathlib.Path):

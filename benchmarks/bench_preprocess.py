@@ -43,7 +43,8 @@ import threading
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+# The sample folder, as in the tests: $IP_LAP_SAMPLE_DATA, default ../shared/data.
+DATA = pathlib.Path(os.environ.get("IP_LAP_SAMPLE_DATA") or REPO.parent / "shared" / "data")
 sys.path.insert(0, str(REPO))
 
 

@@ -1,4 +1,8 @@
-"""Audio loading and mel features against librosa and the release's recipe."""
+"""Audio loading and mel features against librosa and the release's recipe.
+
+Generated speech (tests/media_fixtures.py: wav, mp3, m4a; starts with digital silence)
+covers the formats; `real:` sounds from the sample folder check the same on real files.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import scipy.signal
 
 from ip_lap_jax.media import audio
 from ip_lap_jax.errors import MediaError
+from tests import media_fixtures
 
 
 def reference_mel(wav: np.ndarray) -> np.ndarray:
@@ -23,9 +28,10 @@ def reference_mel(wav: np.ndarray) -> np.ndarray:
   return np.clip(8 * (db + 100) / 100 - 4, -4, 4)
 
 
-@pytest.mark.parametrize("name", ["audio2.wav", "abstract.mp3"])
-def test_melspectrogram_matches_librosa_recipe(shared_data, name):
-  wav = audio.load_audio(shared_data / name)
+@pytest.mark.parametrize("sound", ["stereo_44k.wav", "mono_48k.mp3", "real:audio2.wav", "real:abstract.mp3"],
+                         indirect=True)
+def test_melspectrogram_matches_librosa_recipe(sound):
+  wav = audio.load_audio(sound.path)
   mel = audio.melspectrogram(wav)
   ref = reference_mel(wav)
   assert mel.dtype == np.float32
@@ -33,25 +39,28 @@ def test_melspectrogram_matches_librosa_recipe(shared_data, name):
   assert np.max(np.abs(mel - ref)) <= 1e-4
   # 80 mel frames per second of audio.
   assert abs(mel.shape[1] - len(wav) / 16000 * 80) <= 1
+  assert abs(len(wav) / 16000 - sound.seconds) < 0.06  # lossy codecs pad a little
   # Speech spans the range: not all clipped to one value.
   assert mel.min() == -4.0 and mel.max() > 0.0
 
 
-def test_load_wav_equals_librosa_load(shared_data):
+@pytest.mark.parametrize("sound", ["stereo_44k.wav", "real:audio2.wav"], indirect=True)
+def test_load_wav_equals_librosa_load(sound):
   """Stereo 44.1 kHz wav: same samples as the release's librosa.load(path, sr=16000)."""
-  path = shared_data / "audio2.wav"
+  path = sound.path
   wav = audio.load_audio(path)
   ref, _ = librosa.load(path, sr=16000)
   assert wav.dtype == np.float32 and wav.ndim == 1
   assert wav.shape == ref.shape
   np.testing.assert_array_equal(wav, ref)
   samples, rate = audio.decode_audio(path)
-  assert samples.shape[0] == 2 and rate == 44100
+  assert (samples.shape[0], rate) == (sound.channels, sound.rate) == (2, 44100)
   assert len(wav) == math.ceil(samples.shape[1] * 16000 / 44100)
 
 
-def test_load_mp3_is_16k_mono_of_right_length(shared_data):
-  path = shared_data / "abstract.mp3"
+@pytest.mark.parametrize("sound", ["mono_48k.mp3", "real:abstract.mp3"], indirect=True)
+def test_load_mp3_is_16k_mono_of_right_length(sound):
+  path = sound.path
   wav = audio.load_audio(path)
   samples, rate = audio.decode_audio(path)
   assert wav.ndim == 1 and wav.dtype == np.float32
@@ -60,18 +69,34 @@ def test_load_mp3_is_16k_mono_of_right_length(shared_data):
   assert abs(len(wav) - len(ref)) <= 16  # decoders may differ by the mp3 start padding
   n = min(len(wav), len(ref))
   assert np.max(np.abs(wav[:n] - ref[:n])) < 1e-3
+  assert (samples.shape[0], rate) == (sound.channels, sound.rate)
 
 
-def test_load_audio_track_of_mp4(shared_data):
+def test_load_m4a_is_16k_mono_of_right_length(media):
+  sound = media.sound("stereo_44k.m4a")
+  wav = audio.load_audio(sound.path)
+  samples, rate = audio.decode_audio(sound.path)
+  assert (samples.shape[0], rate) == (sound.channels, sound.rate)
+  assert wav.ndim == 1 and wav.dtype == np.float32
+  assert len(wav) == math.ceil(samples.shape[1] * 16000 / rate)
+  assert abs(len(wav) / 16000 - sound.seconds) < 0.05  # AAC pads to whole 1024-sample frames
+  # The lead-in silence stays silent, the speech after it does not.
+  lead = int(media_fixtures.SILENCE_S * 16000)
+  assert np.max(np.abs(wav[:lead // 2])) < 1e-3 and np.std(wav[lead:]) > 1e-2
+
+
+@pytest.mark.parametrize("clip", ["portrait_22fps.mp4", "real:face_1.mp4"], indirect=True)
+def test_load_audio_track_of_mp4(clip):
   import av
 
-  path = shared_data / "face_1.mp4"
+  path = clip.path
   with av.open(str(path)) as container:
     stream = container.streams.audio[0]
     seconds = float(stream.duration * stream.time_base)
   wav = audio.load_audio(path)
   assert wav.ndim == 1
   assert abs(len(wav) / 16000 - seconds) < 0.05
+  assert abs(seconds - clip.audio_seconds) < 0.05
   assert np.std(wav) > 1e-3  # real sound, not silence
   assert np.all(np.abs(wav) <= 1.0 + 1e-3)
 
@@ -90,7 +115,7 @@ def test_save_wav_round_trip(tmp_path):
 
 
 
-def test_numpy_pieces_equal_scipy_and_librosa_bit_for_bit(shared_data, tmp_path):
+def test_numpy_pieces_equal_scipy_and_librosa_bit_for_bit(media, tmp_path):
   """The restated filterbank, window, pre-emphasis and wav writer (kept free of scipy and
   librosa imports for worker start-up) give the libraries' exact bits."""
   import scipy.io.wavfile
@@ -99,7 +124,7 @@ def test_numpy_pieces_equal_scipy_and_librosa_bit_for_bit(shared_data, tmp_path)
   np.testing.assert_array_equal(audio._mel_basis(), basis.astype(np.float64))
   np.testing.assert_array_equal(audio._hann_window(),
                                 scipy.signal.get_window("hann", 800, fftbins=True))
-  wav = audio.load_audio(shared_data / "audio2.wav")
+  wav = audio.load_audio(media.sound("stereo_44k.wav").path)
   noise = np.random.default_rng(0).standard_normal(10_001) * 1e3
   for x in (wav, noise, wav[:1]):
     np.testing.assert_array_equal(audio._preemphasis(x),
@@ -110,16 +135,14 @@ def test_numpy_pieces_equal_scipy_and_librosa_bit_for_bit(shared_data, tmp_path)
   assert (tmp_path / "ours.wav").read_bytes() == (tmp_path / "scipy.wav").read_bytes()
 
 
-def test_media_errors_name_the_file(shared_data, tmp_path):
+def test_media_errors_name_the_file(media, tmp_path):
   missing = tmp_path / "nothing here.wav"
   with pytest.raises(MediaError, match="nothing here.wav: no such file"):
     audio.load_audio(missing)
-  corrupt = tmp_path / "corrupt.mp3"
-  corrupt.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
   with pytest.raises(MediaError, match="corrupt.mp3: "):
-    audio.load_audio(corrupt)
-  with pytest.raises(MediaError, match="129.mp4: no audio stream"):
-    audio.load_audio(shared_data / "129.mp4")
+    audio.load_audio(media.corrupt(".mp3"))
+  with pytest.raises(MediaError, match="square_30fps.mp4: no audio stream"):
+    audio.load_audio(media.clip("square_30fps.mp4").path)
 
 
 def test_training_window_and_inference_chunks_agree():

@@ -25,7 +25,7 @@ import venv
 import numpy as np
 import pytest
 
-from ip_lap_jax.demo import run as demo
+from ip_lap_jax.demo.run import run as demo
 from ip_lap_jax.media import video
 from ip_lap_jax.media import watermark
 
@@ -69,7 +69,7 @@ def _run(python: pathlib.Path, *args: str, cwd: pathlib.Path) -> str:
 
 def test_quick_demo_and_tools_from_installed_package(installed, tmp_path):
   out = tmp_path / "demo out"
-  _run(installed, "-m", "ip_lap_jax.demo", "--quick", "--out", str(out), cwd=tmp_path)
+  _run(installed, "-m", "ip_lap_jax.demo.run", "--quick", "--out", str(out), cwd=tmp_path)
 
   # Data, preprocessing (official layout), training checkpoints, exported weights.
   assert len(list((out / "data" / "raw" / "train").glob("*.mp4"))) == demo.QUICK.train_clips
@@ -96,7 +96,7 @@ def test_quick_demo_and_tools_from_installed_package(installed, tmp_path):
 
   # A second run reuses everything: no new data, no new training steps.
   mtimes = {p: p.stat().st_mtime for p in (out / "data" / "raw").rglob("*.mp4")}
-  _run(installed, "-m", "ip_lap_jax.demo", "--quick", "--out", str(out), cwd=tmp_path)
+  _run(installed, "-m", "ip_lap_jax.demo.run", "--quick", "--out", str(out), cwd=tmp_path)
   assert {p: p.stat().st_mtime for p in (out / "data" / "raw").rglob("*.mp4")} == mtimes
   metrics = json.loads((out / "runs" / "train_metrics.json").read_text())
   assert np.isfinite(metrics["landmark_generator"]["train"]["loss"])
@@ -115,7 +115,7 @@ def test_quick_demo_and_tools_from_installed_package(installed, tmp_path):
   (tmp_path / "raw" / "speaker").mkdir(parents=True)
   shutil.copy(template, tmp_path / "raw" / "speaker" / "clip.mp4")
   prep = tmp_path / "prep"
-  _run(installed, "-m", "ip_lap_jax.preprocess", "--input", str(tmp_path / "raw"),
+  _run(installed, "-m", "ip_lap_jax.data.preprocess", "--input", str(tmp_path / "raw"),
        "--output", str(prep), "--workers", "1", "--no-progress", cwd=tmp_path)
   assert not json.loads((prep / "preprocess_summary.json").read_text()).get("failed")
   assert len(list((prep / "faces" / "speaker" / "clip").glob("*.png"))) == \

@@ -5,6 +5,11 @@ converted by `ip_lap_jax.convert`, so every test goes through the real loading p
 keep the CPU time low, runs use N=3 references and `render_size=16` (the networks are
 convolutional; see InferenceOptions.render_size): the pipeline around the models is the
 same as at 128.
+
+Templates and speech are generated (tests/media_fixtures.py): the synthetic talking photo
+at 30 and 22.13 fps, with black frames, as a still, and synthetic speech. The two end-to-end
+runs on 30 and 22.13 fps templates also run on the real clips (`real:`) where the sample
+folder is present.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ip_lap_jax.media import watermark
 from ip_lap_jax.errors import MediaError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+TEMPLATE = "square_30fps.mp4"  # the generated template of the tests that need any template
 FAST = dict(num_refs=3, num_landmark_refs=15, batch_size=8, render_size=16, progress=False)
 
 
@@ -69,11 +75,19 @@ def syncer(checkpoint, work) -> inference.LipSyncer:
 
 
 @pytest.fixture(scope="module")
-def speech(shared_data, work):
-  """Writes the first `seconds` of audio2.wav as a 16 kHz wav; returns its path."""
-  wav = audio_lib.load_audio(shared_data / "audio2.wav")
+def template(media):
+  """The generated 30 fps talking clip (no audio track)."""
+  return media.clip(TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def speech(media, work):
+  """Writes the first `seconds` of the generated speech as a 16 kHz wav; returns its path."""
+  sound = media.sound("mono_16k.wav")
+  wav = audio_lib.load_audio(sound.path)
 
   def make(seconds: float) -> pathlib.Path:
+    assert seconds <= sound.seconds
     path = work / f"speech_{seconds:.2f}.wav"
     if not path.exists():
       audio_lib.save_wav(path, wav[:int(round(seconds * audio_lib.SAMPLE_RATE))])
@@ -124,8 +138,8 @@ def test_nearest_valid_and_mel_windows():
   assert inference.output_frame_count(16000 + 100) == 25
 
 
-def test_paste_blends_inside_the_face_only(shared_data):
-  frame = next(iter(video.iter_frames(shared_data / "129.mp4")))
+def test_paste_blends_inside_the_face_only(template):
+  frame = next(iter(video.iter_frames(template.path)))
   with landmarks.FaceMeshDetector() as detector:
     points = detector.detect(frame)
   box = landmarks.face_box(points, 25, frame.shape[:2])
@@ -145,9 +159,9 @@ def test_paste_blends_inside_the_face_only(shared_data):
   assert out[int(centre[1]), int(centre[0])].min() >= 254
 
 
-def test_frame_reader_bounded_memory_any_order(shared_data, work):
+def test_frame_reader_bounded_memory_any_order(template, work):
   path = work / "short.mp4"
-  frames = [f for _, f in zip(range(20), video.iter_frames(shared_data / "129.mp4"))]
+  frames = [f for _, f in zip(range(20), video.iter_frames(template.path))]
   with video.VideoWriter(path) as writer:
     for f in frames:
       writer.write(f)
@@ -164,12 +178,14 @@ def test_frame_reader_bounded_memory_any_order(shared_data, work):
 # ---------------------------------------------------------------------- end to end
 
 
-def test_129_two_seconds_30fps_input(syncer, shared_data, speech, work):
-  out = work / "out 129 é.mp4"  # a space and a non-ASCII character
-  result = syncer.run(shared_data / "129.mp4", speech(2.0), out)
+@pytest.mark.parametrize("clip", ["square_30fps.mp4", "real:129.mp4"], indirect=True)
+def test_two_seconds_30fps_input(syncer, clip, speech, work):
+  out = work / f"out {clip.path.stem} é.mp4"  # a space and a non-ASCII character
+  size = (clip.height, clip.width)
+  result = syncer.run(clip.path, speech(2.0), out)
   assert result.num_frames == 50 and result.passthrough_frames == 0
-  assert result.template_frames == 225  # 9 s at 25 fps
-  frames = _check_output(out, 50, (256, 256))
+  assert result.template_frames == clip.frames_at(25)
+  frames = _check_output(out, 50, size)
   # Duration equals the audio's within one frame.
   assert abs(len(frames) / 25 - 2.0) <= 1 / 25
   # The release writes the first rendered frame three times.
@@ -178,99 +194,106 @@ def test_129_two_seconds_30fps_input(syncer, shared_data, speech, work):
   print("first frame repeats differ by", repeat, "next frame by", step)
   assert max(repeat) < 0.5 and max(repeat) < step / 2  # only H.264 noise
   # The face was replaced (random weights: it differs from the template's).
-  template = video.read_frames(shared_data / "129.mp4")
+  template = video.read_frames(clip.path)
   assert np.abs(frames[10].astype(int) - template[10]).mean() > 1.0
   report = watermark.detect_video(out)
   assert report.found and report.metadata_tag == watermark.METADATA_VALUE
-  original = watermark.detect_video(shared_data / "129.mp4")
+  original = watermark.detect_video(clip.path)
   assert not original.found and original.metadata_tag is None
   # A second audio on the same template skips detection (disk cache).
-  again = syncer.run(shared_data / "129.mp4", speech(0.6), work / "again.mp4")
-  assert again.detection_cached
-  _check_output(work / "again.mp4", 15, (256, 256))
+  again = work / f"again {clip.path.stem}.mp4"
+  assert syncer.run(clip.path, speech(0.6), again).detection_cached
+  _check_output(again, 15, size)
 
 
-def test_face1_22fps_input_keeping_its_audio(checkpoint, shared_data, speech, work):
-  out = work / "face1.mp4"
+@pytest.mark.parametrize("clip", ["portrait_22fps.mp4", "real:face_1.mp4"], indirect=True)
+def test_22fps_input_keeping_its_audio(checkpoint, clip, speech, work):
+  out = work / f"{clip.path.stem}.mp4"
   options = inference.InferenceOptions(audio_track="template", cache_dir=str(work / "cache"),
                                        **FAST)
-  result = inference.LipSyncer(checkpoint, options).run(shared_data / "face_1.mp4", speech(2.0), out)
+  result = inference.LipSyncer(checkpoint, options).run(clip.path, speech(2.0), out)
   assert result.num_frames == 50
-  assert result.template_frames == pytest.approx(135 / 22.131 * 25, abs=1)
-  _check_output(out, 50, (700, 700))
-  # The template's own track (6.1 s) was kept instead of the 2 s speech.
-  assert audio_lib.load_audio(out).size / 16000 == pytest.approx(6.1, abs=0.1)
+  assert result.template_frames == pytest.approx(clip.frames_at(25), abs=1)
+  _check_output(out, 50, (clip.height, clip.width))
+  # The template's own track was kept instead of the 2 s speech.
+  assert abs(clip.audio_seconds - 2.0) > 0.3  # (so the two can be told apart)
+  assert audio_lib.load_audio(out).size / 16000 == pytest.approx(clip.audio_seconds, abs=0.1)
 
 
-def test_static_photo(syncer, shared_data, speech, work):
-  photo = work / "photo.png"
-  cv2.imwrite(str(photo), next(iter(video.iter_frames(shared_data / "129.mp4"))))
+@pytest.fixture(scope="module")
+def photo(template, work) -> pathlib.Path:
+  """The template's first frame as a png."""
+  path = work / "photo.png"
+  cv2.imwrite(str(path), next(iter(video.iter_frames(template.path))))
+  return path
+
+
+def test_static_photo(syncer, photo, template, speech, work):
   out = work / "photo.mp4"
   result = syncer.run(photo, speech(0.6), out)
   assert result.template_frames == 1 and result.num_frames == 15
-  frames = _check_output(out, 15, (256, 256))
+  frames = _check_output(out, 15, (template.height, template.width))
   # The mouth follows the audio: the frames are not all the same.
   assert max(np.abs(f.astype(int) - frames[0]).max() for f in frames) > 10
 
 
-def test_debug_sketch_beside_each_frame(checkpoint, shared_data, speech, work):
+def test_debug_sketch_beside_each_frame(checkpoint, template, speech, work):
   options = inference.InferenceOptions(debug_sketch=True, cache_dir=str(work / "cache"), **FAST)
   out = work / "debug.mp4"
-  inference.LipSyncer(checkpoint, options).run(shared_data / "129.mp4", speech(0.3), out)
-  frames = _check_output(out, 8, (256, 512))  # sketch | frame
-  left = frames[3][:, :256]
+  inference.LipSyncer(checkpoint, options).run(template.path, speech(0.3), out)
+  h, w = template.height, template.width
+  frames = _check_output(out, 8, (h, 2 * w))  # sketch | frame
+  left = frames[3][:, :w]
   # A sketch: mostly black with light lines.
   assert (left.max(axis=-1) < 20).mean() > 0.8 and left.max() > 150
 
 
-def test_bfloat16_compute(checkpoint, shared_data, speech, work):
-  photo = work / "photo.png"
-  cv2.imwrite(str(photo), next(iter(video.iter_frames(shared_data / "129.mp4"))))
+def test_bfloat16_compute(checkpoint, photo, template, speech, work):
   outs = {}
   for dtype in ("float32", "bfloat16"):
     options = inference.InferenceOptions(dtype=dtype, watermark=False,
                                          cache_dir=str(work / "cache"), **FAST)
     outs[dtype] = work / f"photo_{dtype}.mp4"
     inference.LipSyncer(checkpoint, options).run(photo, speech(0.3), outs[dtype])
-  f32 = np.stack(_check_output(outs["float32"], 8, (256, 256))).astype(int)
-  bf16 = np.stack(_check_output(outs["bfloat16"], 8, (256, 256))).astype(int)
+  size = (template.height, template.width)
+  f32 = np.stack(_check_output(outs["float32"], 8, size)).astype(int)
+  bf16 = np.stack(_check_output(outs["bfloat16"], 8, size)).astype(int)
   diff = np.abs(f32 - bf16)
   print("bfloat16 vs float32: mean", diff.mean(), "max", diff.max())
   assert diff.max() > 0  # the compute dtype took effect
   assert diff.mean() < 2.0  # measured 0.73, max 11 (random weights; faces only)
 
 
-def test_pingpong_and_faceless_frames_pass_through(syncer, shared_data, speech, work, caplog):
-  template = work / "with_black.mp4"
-  src = [f for _, f in zip(range(20), video.iter_frames(shared_data / "129.mp4"))]
-  black = set(range(10, 14))
-  with video.VideoWriter(template) as writer:
-    for i, f in enumerate(src):
-      writer.write(np.zeros_like(f) if i in black else f)
+def test_pingpong_and_faceless_frames_pass_through(syncer, media, speech, work, caplog):
+  clip = media.clip("faceless_gap_25fps.mp4")  # 25 fps: template frame i is output tick i
+  black = set(range(*clip.faceless))
+  n = clip.num_frames
   out = work / "pingpong.mp4"
   with caplog.at_level("WARNING"):
-    result = syncer.run(template, speech(1.6), out)  # 40 frames > 20: plays back and forth
-  frames = _check_output(out, 40, (256, 256))
-  expected_black = [p for p in range(2, 40) if int(inference.pingpong(p, 20)) in black]
-  assert expected_black == [10, 11, 12, 13, 26, 27, 28, 29]
+    result = syncer.run(clip.path, speech(2 * n / 25), out)  # 2n frames: plays back and forth
+  frames = _check_output(out, 2 * n, (clip.height, clip.width))
+  # The first rendered frame is written three times (outputs 0-2; see above).
+  expected_black = [p for p in range(2, 2 * n) if int(inference.pingpong(p, n)) in black]
+  assert len(expected_black) == 2 * len(black)  # once forward, once backward
   for p, f in enumerate(frames):
     if p in expected_black:
       assert f.max() <= 4, p  # written unchanged (up to H.264 noise on black)
     else:
       assert f.mean() > 30, p
-  assert result.passthrough_frames == 8 and result.faceless_template_frames == 4
+  assert result.passthrough_frames == len(expected_black)
+  assert result.faceless_template_frames == len(black)
   assert any("no face" in r.getMessage() for r in caplog.records)
 
 
-def test_api_and_cli_give_identical_frames(checkpoint, shared_data, speech, work):
+def test_api_and_cli_give_identical_frames(checkpoint, template, speech, work):
   sys.path.insert(0, str(REPO))
   import infer  # the CLI module at the repository root
 
   audio = speech(0.6)
   api_out, cli_out = work / "api.mp4", work / "cli.mp4"
   options = inference.InferenceOptions(watermark=False, cache_dir=str(work / "cache"), **FAST)
-  inference.LipSyncer(checkpoint, options).run(shared_data / "129.mp4", audio, api_out)
-  code = infer.main(["--template", str(shared_data / "129.mp4"), "--audio", str(audio),
+  inference.LipSyncer(checkpoint, options).run(template.path, audio, api_out)
+  code = infer.main(["--template", str(template.path), "--audio", str(audio),
                      "--checkpoint", str(checkpoint), "--output", str(cli_out),
                      "--num-refs", "3", "--render-size", "16", "--no-progress",
                      "--no-watermark", "--cache-dir", str(work / "cache")])
@@ -295,21 +318,21 @@ def no_detection(monkeypatch):
   monkeypatch.setattr(inference, "detect_template", fail)
 
 
-def test_short_audio_fails_first(syncer, shared_data, work, no_detection):
+def test_short_audio_fails_first(syncer, template, work, no_detection):
   short = work / "short.wav"
   audio_lib.save_wav(short, np.zeros(int(0.15 * 16000), np.float32))
   with pytest.raises(MediaError, match=r"short\.wav: audio is 0\.150 s long"):
-    syncer.run(shared_data / "129.mp4", short, work / "x.mp4")
+    syncer.run(template.path, short, work / "x.mp4")
   assert not (work / "x.mp4").exists()
 
 
-def test_unreadable_and_missing_files(syncer, shared_data, speech, work, no_detection):
+def test_unreadable_and_missing_files(syncer, template, speech, work, no_detection):
   broken = work / "broken.mp4"
   broken.write_bytes(b"not a video at all" * 100)
   with pytest.raises(MediaError, match="broken.mp4"):
     syncer.run(broken, speech(0.6), work / "x.mp4")
   with pytest.raises(MediaError, match="missing.wav: no such file"):
-    syncer.run(shared_data / "129.mp4", work / "missing.wav", work / "x.mp4")
+    syncer.run(template.path, work / "missing.wav", work / "x.mp4")
 
 
 def test_template_without_face(syncer, speech, work):
@@ -347,11 +370,11 @@ def test_checkpoint_that_does_not_match(checkpoint, work):
     inference.LipSyncer(wrong)
 
 
-def test_cli_reports_bad_audio(checkpoint, shared_data, work):
+def test_cli_reports_bad_audio(checkpoint, template, work):
   short = work / "tiny.wav"
   audio_lib.save_wav(short, np.zeros(800, np.float32))
   proc = subprocess.run(
-      [sys.executable, str(REPO / "infer.py"), "--template", str(shared_data / "129.mp4"),
+      [sys.executable, str(REPO / "infer.py"), "--template", str(template.path),
        "--audio", str(short), "--checkpoint", str(checkpoint), "--output", str(work / "y.mp4")],
       capture_output=True, text=True, timeout=120, cwd=REPO)
   assert proc.returncode == 2

@@ -1,4 +1,8 @@
-"""Index sets, face box / normalisation against the release's loops, Face Mesh on real frames."""
+"""Index sets, face box / normalisation against the release's loops, Face Mesh on frames.
+
+Face Mesh runs on the generated talking photo (a fresh clone has it) and, where the
+sample folder is present, on a real speaker (`real:129.mp4`).
+"""
 
 import itertools
 
@@ -128,8 +132,12 @@ def detector():
     yield det
 
 
-def test_face_mesh_on_real_frames(shared_data, detector):
-  frames = _frames(shared_data / "129.mp4", 4)
+FACE_CLIPS = ["square_30fps.mp4", "real:129.mp4"]
+
+
+@pytest.mark.parametrize("clip", FACE_CLIPS, indirect=True)
+def test_face_mesh_on_frames(clip, detector):
+  frames = _frames(clip.path, 4)
   assert len(frames) == 4
   for frame in frames:
     mesh = detector.detect(frame)
@@ -146,9 +154,10 @@ def test_face_mesh_on_real_frames(shared_data, detector):
   assert detector.detect(np.full((240, 320, 3), 127, np.uint8)) is None
 
 
-def test_small_faces_crop_and_retry(shared_data, detector):
+@pytest.mark.parametrize("clip", FACE_CLIPS, indirect=True)
+def test_small_faces_crop_and_retry(clip, detector):
   import cv2
-  frame = _frames(shared_data / "129.mp4", 1)[0]
+  frame = _frames(clip.path, 1)[0]
   reference = detector.detect(frame)
   side, x0, y0 = 240, 900, 500
   big = np.full((1080, 1920, 3), 90, np.uint8)

@@ -1,8 +1,12 @@
-"""Preprocessing a small folder: one good clip, one corrupt file, one faceless clip; resume."""
+"""Preprocessing a small folder: one good clip, one corrupt file, one faceless clip; resume.
 
-import itertools
+The clips are generated (tests/media_fixtures.py): the pipeline's logic needs a face
+Face Mesh finds, not a real person.
+"""
+
 import json
 import pathlib
+import shutil
 
 import cv2
 import numpy as np
@@ -14,41 +18,37 @@ from ip_lap_jax.face import landmarks
 from ip_lap_jax.data import preprocess
 from ip_lap_jax.media import video
 
-GOOD_FRAMES = 30  # 1.2 s at 25 fps
+GOOD = "landscape_25fps.mp4"  # 25 fps, non-square, a face in every frame, mono audio
 
 
 @pytest.fixture(scope="module")
-def dataset(shared_data, tmp_path_factory):
+def dataset(media, tmp_path_factory):
   """<in>/spk/good.mp4 (face + audio), <in>/spk/grey.mp4 (audio, no face), <in>/spk/bad.mp4."""
   root = tmp_path_factory.mktemp("pre")
   src = root / "in" / "spk"
   src.mkdir(parents=True)
-  wav = audio.load_audio(shared_data / "speech_1.wav")[:int(1.3 * 16000)]
-  audio.save_wav(root / "speech.wav", wav)
-  frames = list(itertools.islice(video.iter_frames(shared_data / "129.mp4"), GOOD_FRAMES))
-  with video.VideoWriter(src / "good.mp4", fps=25, audio_path=root / "speech.wav") as w:
-    for f in frames:
-      w.write(f)
-  with video.VideoWriter(src / "grey.mp4", fps=25, audio_path=root / "speech.wav") as w:
-    for _ in range(6):
-      w.write(np.full((96, 96, 3), 128, np.uint8))
-  (src / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+  good = media.clip(GOOD)
+  assert good.fps == 25 and good.faceless is None  # frames in = frames read
+  shutil.copy(good.path, src / "good.mp4")
+  shutil.copy(media.clip("faceless_25fps.mp4").path, src / "grey.mp4")
+  shutil.copy(media.corrupt(), src / "bad.mp4")
+  frames = video.read_frames(good.path)
   out = root / "out"
   summary = preprocess.run(root / "in", out, workers=2, progress=False)
-  return root, out, summary, frames
+  return root, out, summary, frames, good
 
 
 def test_summary_reports_good_and_failed(dataset):
-  _, out, summary, _ = dataset
+  _, out, summary, _, clip = dataset
   assert summary["clips_total"] == 3
   assert list(summary["done"]) == ["spk/good"]
   assert set(summary["failed"]) == {"spk/bad", "spk/grey"}
   assert "bad.mp4" in summary["failed"]["spk/bad"]["reason"]
   assert "no face" in summary["failed"]["spk/grey"]["reason"]
   good = summary["done"]["spk/good"]
-  assert good["frames"] == GOOD_FRAMES
-  assert good["written"] + len(good["skipped_no_face"]) == GOOD_FRAMES
-  assert good["written"] >= GOOD_FRAMES - 2
+  assert good["frames"] == clip.num_frames
+  assert good["written"] + len(good["skipped_no_face"]) == clip.num_frames
+  assert good["written"] >= clip.num_frames - 2
   on_disk = json.loads((out / preprocess.SUMMARY_NAME).read_text())
   assert on_disk["done"] == summary["done"] and on_disk["failed"] == summary["failed"]
   # Failed clips leave nothing behind.
@@ -58,7 +58,7 @@ def test_summary_reports_good_and_failed(dataset):
 
 
 def test_good_clip_in_official_layout(dataset):
-  _, out, summary, frames = dataset
+  _, out, summary, frames, good = dataset
   roots = layout.DatasetRoots.under(out)
   written = layout.frame_numbers(out / "landmarks" / "spk" / "good")
   assert len(written) == summary["done"]["spk/good"]["written"]
@@ -88,14 +88,14 @@ def test_good_clip_in_official_layout(dataset):
   mel = np.load(roots.mel_path("spk/good"))
   assert mel.ndim == 2 and mel.shape[1] == 80 and mel.dtype == np.float32
   wav = audio.load_audio(roots.wav_path("spk/good"))
-  # AAC in the mp4 adds up to ~0.1 s of encoder padding to the 1.3 s written.
-  assert 1.3 * 16000 <= wav.size <= 1.4 * 16000
+  # The clip's AAC track, decoded: at most ~0.1 s of encoder padding beyond its length.
+  assert good.audio_seconds * 16000 <= wav.size <= (good.audio_seconds + 0.1) * 16000
   assert mel.shape[0] == 1 + wav.size // 200
   np.testing.assert_allclose(mel.T, audio.melspectrogram(wav), atol=1e-5)
 
 
 def test_resume_skips_completed_clip(dataset):
-  root, out, _, _ = dataset
+  root, out, _, _, _ = dataset
   face0 = out / "faces" / "spk" / "good"
   mtimes = {p.name: p.stat().st_mtime_ns for p in face0.iterdir()}
   again = preprocess.run(root / "in", out, workers=1, progress=False)
@@ -105,7 +105,7 @@ def test_resume_skips_completed_clip(dataset):
 
 
 def test_interrupted_clip_is_redone(dataset, tmp_path):
-  root, _, _, _ = dataset
+  root, _, _, _, _ = dataset
   out = tmp_path / "out"
   roots = layout.DatasetRoots.under(out)
   # A leftover of an interrupted run: files but no done marker.
@@ -154,7 +154,7 @@ def test_landmark_file_roundtrip_and_validation(tmp_path):
 
 
 def test_cli_custom_roots_and_exit_code(dataset, tmp_path, capsys):
-  root, _, _, _ = dataset
+  root, _, _, _, _ = dataset
   (tmp_path / "in" / "spk").mkdir(parents=True)
   (tmp_path / "in" / "spk" / "bad.mp4").symlink_to(root / "in" / "spk" / "bad.mp4")
   code = preprocess.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
@@ -168,38 +168,17 @@ def test_cli_custom_roots_and_exit_code(dataset, tmp_path, capsys):
   assert "FAILED spk/bad" in capsys.readouterr().err
 
 
-def _write_zero_frame_video(path):
-  """A matroska file with a video stream that holds no frame, and 0.5 s of audio (so the
-  audio step passes and the video step is the one that finds nothing)."""
-  import fractions
-
-  import av
-
-  with av.open(str(path), mode="w", format="matroska") as container:
-    stream = container.add_stream("libx264", rate=25)
-    stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-    sound = container.add_stream("aac", rate=16000, layout="mono")
-    samples = (0.1 * np.sin(np.arange(8000) / 10)).astype(np.float32)[None]
-    for start in range(0, samples.shape[1], 1024):
-      frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + 1024]),
-                                         format="fltp", layout="mono")
-      frame.sample_rate, frame.pts = 16000, start
-      frame.time_base = fractions.Fraction(1, 16000)
-      container.mux(sound.encode(frame))
-    container.mux(sound.encode(None))
-    container.mux(stream.encode(None))
-
-
-def test_zero_frame_clip_is_reported_and_run_goes_on(dataset, tmp_path):
-  root, _, _, _ = dataset
+def test_zero_frame_clip_is_reported_and_run_goes_on(dataset, media, tmp_path):
+  root, _, _, _, good = dataset
   src = tmp_path / "in" / "spk"
   src.mkdir(parents=True)
-  _write_zero_frame_video(src / "empty.mkv")
+  # A video stream with no frame, and audio (so the video step is the one that fails).
+  shutil.copy(media.zero_frame_clip().path, src / "empty.mkv")
   assert video.probe(src / "empty.mkv").num_frames == 0
   (src / "good.mp4").symlink_to(root / "in" / "spk" / "good.mp4")
   summary = preprocess.run(tmp_path / "in", tmp_path / "out", workers=1, progress=False)
   assert list(summary["done"]) == ["spk/good"]
-  assert summary["done"]["spk/good"]["frames"] == GOOD_FRAMES
+  assert summary["done"]["spk/good"]["frames"] == good.num_frames
   assert list(summary["failed"]) == ["spk/empty"]
   reason = summary["failed"]["spk/empty"]["reason"]
   assert "empty.mkv" in reason and "zero frames" in reason

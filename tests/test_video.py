@@ -1,9 +1,12 @@
-"""Video probing, 25 fps streaming, the H.264/AAC writer and error reporting."""
+"""Video probing, 25 fps streaming, the H.264/AAC writer and error reporting.
+
+Generated clips (tests/media_fixtures.py) cover the rates, sizes and containers; the
+real ones (`real:`, from the sample folder) check the same on real encoders' output.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import tracemalloc
 
@@ -19,11 +22,23 @@ def _digest(frame: np.ndarray) -> bytes:
   return hashlib.sha1(np.ascontiguousarray(frame).tobytes()).digest()
 
 
-def test_probe_129(shared_data):
-  info = video.probe(shared_data / "129.mp4")
-  assert info == video.VideoInfo(fps=30.0, width=256, height=256, num_frames=270,
-                                 duration=9.0, has_audio=False)
-  assert video.probe(shared_data / "face_1.mp4").has_audio
+@pytest.mark.parametrize("clip", ["square_30fps.mp4", "portrait_22fps.mp4", "landscape_25fps.mp4",
+                                  "real:129.mp4", "real:face_1.mp4"], indirect=True)
+def test_probe(clip):
+  info = video.probe(clip.path)
+  assert (info.width, info.height, info.num_frames) == (clip.width, clip.height, clip.num_frames)
+  assert info.fps == pytest.approx(clip.fps, rel=1e-4)
+  assert info.duration == pytest.approx(clip.seconds, abs=1e-3)
+  assert info.has_audio == clip.has_audio
+
+
+def test_probe_and_read_zero_frame_clip(media):
+  clip = media.zero_frame_clip()
+  info = video.probe(clip.path)
+  assert (info.num_frames, info.width, info.height, info.has_audio) == (0, clip.width, clip.height, True)
+  frames = video.iter_frames(clip.path)  # opens fine: the stream exists
+  with pytest.raises(MediaError, match="zero_frames.mkv: zero frames"):
+    next(frames)
 
 
 def _ffmpeg_fps_filter_digests(path, fps: int = 25) -> list[bytes]:
@@ -57,26 +72,26 @@ def _ffmpeg_fps_filter_digests(path, fps: int = 25) -> list[bytes]:
   return digests
 
 
-@pytest.mark.parametrize("name", ["129.mp4", "face_1.mp4"])
-def test_fps_conversion_matches_ffmpeg_fps_filter(shared_data, name):
-  path = shared_data / name
-  ours = [_digest(f) for f in video.iter_frames(path)]
-  reference = _ffmpeg_fps_filter_digests(path)
+@pytest.mark.parametrize("clip", ["square_30fps.mp4", "portrait_22fps.mp4",
+                                  "real:129.mp4", "real:face_1.mp4"], indirect=True)
+def test_fps_conversion_matches_ffmpeg_fps_filter(clip):
+  ours = [_digest(f) for f in video.iter_frames(clip.path)]
+  reference = _ffmpeg_fps_filter_digests(clip.path)
   # The filter ends at the last frame's timestamp; we let the last frame last its duration.
   assert 0 <= len(ours) - len(reference) <= 1
   assert ours[:len(reference)] == reference
-  if name == "129.mp4":
-    assert len(ours) == 225  # 9 s at 25 fps
-    source = [_digest(f) for f in video.iter_frames(path, fps=30.0)]  # native rate: unchanged
-    assert len(source) == 270 and source[0] == ours[0] and source[-1] == ours[-1]
+  assert abs(len(ours) - clip.frames_at(25)) <= 1
+  assert len(set(ours)) > len(ours) // 2  # frames differ, so their order is checked
+  source = [_digest(f) for f in video.iter_frames(clip.path, fps=clip.fps)]  # native rate: unchanged
+  assert len(source) == clip.num_frames and source[0] == ours[0] and source[-1] == ours[-1]
 
 
-
-@pytest.mark.parametrize("name", ["129.mp4", "face_1.mp4", "face_2.mp4"])
-def test_rgb_and_single_threaded_frames_equal_default_frames(shared_data, name):
+@pytest.mark.parametrize("clip", ["square_30fps.mp4", "portrait_22fps.mp4", "landscape_25fps.mp4",
+                                  "real:face_2.mp4"], indirect=True)
+def test_rgb_and_single_threaded_frames_equal_default_frames(clip):
   """Preprocessing decodes to RGB on one decoder thread: the same frames (30, 22.13 and
   25 fps sources), pixel for pixel, channels swapped."""
-  path = shared_data / name
+  path = clip.path
   default = [_digest(f) for f in video.iter_frames(path)]
   rgb = []
   for frame in video.iter_frames(path, pixel_format="rgb24", threads=1):
@@ -86,19 +101,22 @@ def test_rgb_and_single_threaded_frames_equal_default_frames(shared_data, name):
   with pytest.raises(ValueError, match="pixel_format"):
     video.iter_frames(path, pixel_format="yuv420p")
 
-def test_22fps_clip_frame_count(shared_data):
+@pytest.mark.parametrize("clip", ["portrait_22fps.mp4", "landscape_25fps.mp4", "real:face_1.mp4"],
+                         indirect=True)
+def test_frame_count_and_shape_at_25fps(clip):
   frames = 0
-  for frame in video.iter_frames(shared_data / "face_1.mp4"):
-    assert frame.shape == (700, 700, 3) and frame.dtype == np.uint8
+  for frame in video.iter_frames(clip.path):
+    assert frame.shape == (clip.height, clip.width, 3) and frame.dtype == np.uint8
     frames += 1
-  assert abs(frames - round(135 / 22.13 * 25)) <= 1
+  assert abs(frames - clip.frames_at(25)) <= 1
 
 
-def test_iterator_memory_stays_flat(shared_data):
-  """Streaming holds about one frame; a list of all frames is ~225 frames (the contrast
+def test_iterator_memory_stays_flat(media):
+  """Streaming holds about one frame; a list of all frames holds them all (the contrast
   shows the measure sees frame buffers at all)."""
-  path = shared_data / "129.mp4"
-  frame_bytes = 256 * 256 * 3
+  clip = media.clip("square_30fps.mp4")
+  path = clip.path
+  frame_bytes = clip.width * clip.height * 3
   tracemalloc.start()
   try:
     count = 0
@@ -110,9 +128,9 @@ def test_iterator_memory_stays_flat(shared_data):
     _, list_peak = tracemalloc.get_traced_memory()
   finally:
     tracemalloc.stop()
-  assert count == len(frames) == 225
+  assert count == len(frames) == clip.frames_at(25)
   assert streaming_peak < 4 * frame_bytes, streaming_peak
-  assert list_peak > 200 * frame_bytes, list_peak
+  assert list_peak > (count - 4) * frame_bytes, list_peak
 
 
 def test_image_yields_one_frame(tmp_path):
@@ -128,34 +146,37 @@ def test_image_yields_one_frame(tmp_path):
   assert (info.width, info.height, info.num_frames) == (60, 40, 1)
 
 
-def test_writer_round_trip_with_audio_and_metadata(shared_data, tmp_path):
+def test_writer_round_trip_with_audio_and_metadata(media, tmp_path):
   import av
 
   out_dir = tmp_path / "out dir é"
   out_dir.mkdir()
   path = out_dir / "résultat 1.mp4"
-  frames = list(itertools.islice(video.iter_frames(shared_data / "129.mp4"), 125))  # 5 s
+  source = media.clip("portrait_22fps.mp4")
+  frames = video.read_frames(source.path)  # at 25 fps
+  sound = media.sound("stereo_44k.wav")
   tags = {"comment": "ip_lap_jax test", "ip_lap_jax_version": "0.1.0"}
-  with video.VideoWriter(path, fps=25, audio_path=shared_data / "speech_1.wav",
-                         metadata=tags) as writer:
+  with video.VideoWriter(path, fps=25, audio_path=sound.path, metadata=tags) as writer:
     for frame in frames:
       writer.write(frame)
     assert not path.exists()  # written under a temporary name until closed
   assert os.listdir(out_dir) == [path.name]  # no temporary file left behind
   info = video.probe(path)
-  assert (info.fps, info.width, info.height, info.num_frames) == (25.0, 256, 256, 125)
+  assert (info.fps, info.width, info.height, info.num_frames) == (25.0, source.width, source.height,
+                                                                   len(frames))
   assert info.has_audio
   with av.open(str(path)) as container:
     vstream, astream = container.streams.video[0], container.streams.audio[0]
     assert vstream.codec_context.name == "h264"
     assert vstream.codec_context.pix_fmt == "yuv420p"
     assert astream.codec_context.name == "aac"
+    assert (astream.rate, astream.channels) == (sound.rate, sound.channels)
     audio_seconds = float(astream.duration * astream.time_base)
-  assert abs(audio_seconds - 5.0155) < 0.1  # speech_1.wav is 5.0155 s
+  assert abs(audio_seconds - sound.seconds) < 0.1  # kept whole, not cut to the video
   meta = video.read_metadata(path)
   assert {k: meta.get(k) for k in tags} == tags
   back = video.read_frames(path)
-  assert len(back) == 125
+  assert len(back) == len(frames)
   errors = [np.abs(a.astype(np.int16) - b).mean() for a, b in zip(back, frames)]
   assert max(errors) < 4.0  # crf 18: visually lossless, same frame order
 
@@ -187,20 +208,20 @@ def test_writer_leaves_nothing_on_failure(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
-def test_media_errors_name_the_file(shared_data, tmp_path):
+def test_media_errors_name_the_file(media, tmp_path):
   with pytest.raises(MediaError, match="absent clip.mp4: no such file"):
     video.iter_frames(tmp_path / "absent clip.mp4")
   with pytest.raises(MediaError, match="absent clip.mp4: no such file"):
     video.probe(tmp_path / "absent clip.mp4")
-  corrupt = tmp_path / "corrupt.mp4"
-  corrupt.write_bytes(np.random.default_rng(2).integers(0, 256, 8192, dtype=np.uint8).tobytes())
   with pytest.raises(MediaError, match="corrupt.mp4: cannot decode"):
-    video.read_frames(corrupt)
-  with pytest.raises(MediaError, match="abstract.mp3: no video stream"):
-    video.iter_frames(shared_data / "abstract.mp3")
+    video.read_frames(media.corrupt())
+  with pytest.raises(MediaError, match="corrupt.mp4: cannot decode"):
+    video.probe(media.corrupt())
+  with pytest.raises(MediaError, match="mono_48k.mp3: no video stream"):
+    video.iter_frames(media.sound("mono_48k.mp3").path)
   bad_image = tmp_path / "bad.png"
   bad_image.write_bytes(b"not a png")
   with pytest.raises(MediaError, match="bad.png: cannot decode image"):
     video.read_frames(bad_image)
-  with pytest.raises(MediaError, match="129.mp4: no audio stream"):
-    video.VideoWriter(tmp_path / "x.mp4", audio_path=shared_data / "129.mp4")
+  with pytest.raises(MediaError, match="square_30fps.mp4: no audio stream"):
+    video.VideoWriter(tmp_path / "x.mp4", audio_path=media.clip("square_30fps.mp4").path)

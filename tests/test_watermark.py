@@ -1,8 +1,13 @@
-"""Watermark: the package's per-block rule, survival through H.264, detector and CLI."""
+"""Watermark: the package's per-block rule, survival through H.264, detector and CLI.
+
+Embedding and detection run on a generated talking clip and, where the sample folder is
+present, on real footage (`real:129.mp4`).
+"""
 
 from __future__ import annotations
 
 import itertools
+import shutil
 
 import numpy as np
 import pytest
@@ -11,18 +16,21 @@ from imwatermark.dwtDctSvd import EmbedDwtDctSvd
 from ip_lap_jax.media import video
 from ip_lap_jax.media import watermark
 from ip_lap_jax.errors import MediaError
+from tests import media_fixtures
 
 
-@pytest.fixture(scope="module")
-def marked(shared_data, tmp_path_factory):
-  """25 frames of 129.mp4, watermarked and written with VideoWriter (crf 18)."""
-  frames = list(itertools.islice(video.iter_frames(shared_data / "129.mp4"), 25))
+@pytest.fixture(scope="module", params=["square_30fps.mp4", "real:129.mp4"])
+def marked(request, tmp_path_factory):
+  """(frames, marked frames, marked file, source clip): the source's first 25 frames at
+  25 fps, watermarked and written with VideoWriter (crf 18)."""
+  clip = media_fixtures.resolve_clip(request, request.param)
+  frames = list(itertools.islice(video.iter_frames(clip.path), 25))
   marked_frames = [watermark.embed_frame(f) for f in frames]
   path = tmp_path_factory.mktemp("wm") / "marked video.mp4"
   with video.VideoWriter(path, metadata=watermark.METADATA, crf=18) as writer:
     for frame in marked_frames:
       writer.write(frame)
-  return frames, marked_frames, path
+  return frames, marked_frames, path, clip
 
 
 def test_block_rule_equals_imwatermark():
@@ -49,7 +57,7 @@ def test_key_is_balanced_and_fixed():
 
 
 def test_embedding_is_invisible_and_decodes_exactly(marked):
-  frames, marked_frames, _ = marked
+  frames, marked_frames, _, _ = marked
   for original, frame in zip(frames[:5], marked_frames[:5]):
     assert frame.shape == original.shape and frame.dtype == np.uint8
     mse = np.mean((frame.astype(np.float64) - original) ** 2)
@@ -58,42 +66,42 @@ def test_embedding_is_invisible_and_decodes_exactly(marked):
     assert watermark.detect_frame(original) < watermark.FOUND_THRESHOLD
 
 
-def test_survives_h264_and_is_absent_from_the_input(shared_data, marked):
-  _, _, path = marked
+def test_survives_h264_and_is_absent_from_the_input(marked):
+  frames, _, path, clip = marked
   report = watermark.detect_video(path)
   assert report.found
   assert report.bit_accuracy >= watermark.FOUND_THRESHOLD
-  assert report.frames_checked == 25
+  assert report.frames_checked == len(frames)
   assert report.decoded == watermark.PAYLOAD
   assert report.metadata_tag == watermark.METADATA_VALUE
   per_frame = [watermark.detect_frame(f) for f in itertools.islice(video.iter_frames(path), 10)]
   assert min(per_frame) >= watermark.FOUND_THRESHOLD
-  original = watermark.detect_video(shared_data / "129.mp4", max_frames=25)
+  original = watermark.detect_video(clip.path, max_frames=len(frames))
   assert not original.found
   assert original.bit_accuracy < watermark.FOUND_THRESHOLD
   assert original.metadata_tag is None
 
 
-def test_cli_exit_codes(shared_data, marked, capsys, tmp_path):
-  _, _, path = marked
+def test_cli_exit_codes(media, marked, capsys, tmp_path):
+  _, _, path, _ = marked
   assert watermark.main(["detect", str(path), "--max-frames", "10"]) == 0
   out = capsys.readouterr().out
   assert "watermark FOUND" in out and "bit accuracy 1.000" in out
-  assert watermark.main(["detect", str(shared_data / "face_3.mp4"), "--max-frames", "10"]) == 1
+  unmarked = media.clip("landscape_25fps.mp4").path
+  assert watermark.main(["detect", str(unmarked), "--max-frames", "10"]) == 1
   assert "watermark NOT FOUND" in capsys.readouterr().out
   assert watermark.main(["detect", str(tmp_path / "missing.mp4")]) == 2
   assert "missing.mp4: no such file" in capsys.readouterr().err
 
 
-def test_cli_embed_then_detect(shared_data, tmp_path, capsys):
+def test_cli_embed_then_detect(media, tmp_path, capsys):
+  source = media.clip("portrait_22fps.mp4")  # 22.13 fps, with audio
   clip = tmp_path / "short clip.mp4"
-  with video.VideoWriter(clip, audio_path=shared_data / "speech_1.wav") as writer:
-    for frame in itertools.islice(video.iter_frames(shared_data / "129.mp4"), 20):
-      writer.write(frame)
+  shutil.copy(source.path, clip)
   assert watermark.main(["detect", str(clip)]) == 1
   out = tmp_path / "marqué.mp4"
   assert watermark.main(["embed", str(clip), str(out)]) == 0
-  assert "20 watermarked frames written" in capsys.readouterr().out
+  assert f"{source.frames_at(25)} watermarked frames written" in capsys.readouterr().out
   assert video.probe(out).has_audio
   assert watermark.main(["detect", str(out)]) == 0
   assert "watermark FOUND" in capsys.readouterr().out
