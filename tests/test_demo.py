@@ -25,7 +25,7 @@ import venv
 import numpy as np
 import pytest
 
-from ip_lap_jax.demo.run import run as demo
+from ip_lap_jax.demo import run as demo
 from ip_lap_jax.media import video
 from ip_lap_jax.media import watermark
 
