@@ -21,17 +21,16 @@ class FrameReader:
 
   Forward steps stream from one decoder; a backward step decodes a block of frames
   ending at the requested one (from the start: `iter_frames` cannot seek) and serves
-  the following backward steps from it.
+  the following backward steps from it. A context manager: leaving it closes the decoder.
+
+  Args:
+    path: the template.
+    num_frames: its frames at 25 fps.
+    frame_bytes: bytes of one decoded frame (H * W * 3).
+    budget_bytes: most bytes of decoded frames held at once (at least one frame).
   """
 
   def __init__(self, path: str, num_frames: int, frame_bytes: int, budget_bytes: int):
-    """
-    Args:
-      path: the template.
-      num_frames: its frames at 25 fps.
-      frame_bytes: bytes of one decoded frame (H * W * 3).
-      budget_bytes: most bytes of decoded frames held at once (at least one frame).
-    """
     self._path = path
     self._block = max(1, min(num_frames, budget_bytes // max(frame_bytes, 1)))
     self._it: Iterator[np.ndarray] | None = None

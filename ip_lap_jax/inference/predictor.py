@@ -85,7 +85,7 @@ def load_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> dict[str, store.S
   """
   root = pathlib.Path(checkpoint_dir)
   if not root.is_dir():
-    raise CheckpointError(f"{root}: checkpoint directory does not exist")
+    raise store.CheckpointError(f"{root}: checkpoint directory does not exist")
   return {model: store.load_model(root / model, expect=model) for model in MODELS}
 
 
@@ -120,13 +120,13 @@ class Predictor:
     specs, models: per model name, its spec and its Flax module (compute `dtype`).
     variables: per model name, its variables on every device.
     batch_size: windows per call (a multiple of the devices).
-    render_size: side S of the faces the renderer sees.
+    render_size: side S of the faces the renderer sees (the argument, or when that is
+      None the renderer spec's image size).
     num_refs, num_landmark_refs: N and Nl.
   """
 
   def __init__(self, saved: Mapping[str, store.SavedModel], *, dtype: str, batch_size: int,
                render_size: int | None, num_refs: int, num_landmark_refs: int):
-    """`render_size` None: the renderer spec's image size."""
     self.specs = {name: saved[name].spec for name in MODELS}
     self.models = {name: registry.build(spec, dtype=dtype) for name, spec in self.specs.items()}
     self.render_size = render_size or self.specs["renderer"].image_size
