@@ -1,6 +1,6 @@
 """Lip-sync a template video or photo to speech: `python infer.py --help`.
 
-Example (checkpoints converted with `python -m ip_lap_jax.convert`):
+Example (checkpoints from `python -m ip_lap_jax.convert` or `python -m ip_lap_jax.export`):
   python infer.py --template face.mp4 --audio speech.wav --checkpoint ckpt/ --output out.mp4
 
 The library call behind it is `ip_lap_jax.inference.LipSyncer(ckpt, options).run(...)`.
@@ -16,11 +16,17 @@ from ip_lap_jax import inference
 from ip_lap_jax.errors import MediaError
 
 _EPILOG = """\
-checkpoint directory layout (the converter's output):
-  CKPT/landmark_generator/variables   python -m ip_lap_jax.convert --src landmarkgenerator_checkpoint.pth --out CKPT/landmark_generator
-  CKPT/renderer/variables             python -m ip_lap_jax.convert --src renderer_checkpoint.pth --out CKPT/renderer
-(weights from training: save each model's {'params', 'batch_stats'} tree with orbax as
- CKPT/<model>/variables, the layout `ip_lap_jax.convert.load_variables` reads)
+checkpoint directory layout: two saved models (model.json + variables/ each),
+  CKPT/landmark_generator/
+  CKPT/renderer/
+each either converted from the release's weights,
+  python -m ip_lap_jax.convert --src landmarkgenerator_checkpoint.pth --out CKPT/landmark_generator
+  python -m ip_lap_jax.convert --src renderer_checkpoint.pth --out CKPT/renderer
+or exported from a training run (--step latest|best|N),
+  python -m ip_lap_jax.export --workdir RUN --out CKPT/renderer --step best
+Every model is rebuilt from its own model.json, so any exported variant works (an LSTM
+landmark generator, a no_warp or no_audio renderer, a renderer trained at another image
+size, which then renders at that size), also mixed with official ones.
 
 watermark: every output carries an invisible watermark in its frames and a tag in the
 container metadata; check it with `python -m ip_lap_jax.watermark detect OUT.mp4`.

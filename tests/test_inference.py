@@ -28,7 +28,7 @@ import pytest
 
 from ip_lap_jax.media import audio as audio_lib
 from ip_lap_jax import inference
-from ip_lap_jax.inference import lipsync
+from ip_lap_jax.inference import face_track, frames as frames_lib
 from ip_lap_jax.face import landmarks
 from ip_lap_jax.face import paste
 from ip_lap_jax.media import video
@@ -167,11 +167,11 @@ def test_frame_reader_bounded_memory_any_order(template, work):
       writer.write(f)
   decoded = video.read_frames(path)
   frame_bytes = decoded[0].nbytes
-  reader = lipsync._FrameReader(str(path), len(decoded), frame_bytes, budget_bytes=6 * frame_bytes)
+  reader = frames_lib.FrameReader(str(path), len(decoded), frame_bytes, budget_bytes=6 * frame_bytes)
   for p in range(45):
     t = int(inference.pingpong(p, len(decoded)))
     np.testing.assert_array_equal(reader.get(t), decoded[t])
-    assert len(reader._cache) <= 6
+    assert reader.num_held <= 6
   reader.close()
 
 
@@ -315,7 +315,7 @@ def no_detection(monkeypatch):
   """Fails the test if face detection (the first heavy step) starts."""
   def fail(*args, **kwargs):
     raise AssertionError("detection started before the input was rejected")
-  monkeypatch.setattr(inference, "detect_template", fail)
+  monkeypatch.setattr(face_track, "detect_template", fail)
 
 
 def test_short_audio_fails_first(syncer, template, work, no_detection):

@@ -1,11 +1,12 @@
 """What the demo reports: does the landmark generator open the mouth with the loudness?
 
 On held-out preprocessed clips, every window of T frames goes through the landmark
-generator (Nl references at evenly spaced lip-openness ranks of the clip, as inference
-picks them). From the predicted content landmarks of each window's centre frame we read
-the lip openness (MediaPipe points 0 and 17, box-normalised) and correlate it with the
-audio's loudness at that frame. The same numbers for an untrained model show what
-training added.
+generator (Nl references at evenly spaced lip-openness ranks of the clip, chosen by
+inference's own `select_references`; the windows run through inference's jitted
+`predict_content`). From the predicted content landmarks of each window's centre frame
+we read the lip openness (`landmarks.lip_openness`: MediaPipe points 0 and 17,
+box-normalised) and correlate it with the audio's loudness at that frame. The same
+numbers for an untrained model show what training added.
 """
 
 from __future__ import annotations
@@ -16,23 +17,17 @@ import pathlib
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ip_lap_jax.media import audio
+from ip_lap_jax.constants import CENTRE, WINDOW
 from ip_lap_jax.data import layout
-from ip_lap_jax.face import landmarks
 from ip_lap_jax.data import synthetic
+from ip_lap_jax.face import landmarks
+from ip_lap_jax.inference import predictor, schedule
+from ip_lap_jax.media import audio
 from ip_lap_jax.models.landmark_generator import LandmarkGenerator
 
-T = 5
-_UPPER_LIP = int(np.flatnonzero(landmarks.CONTENT_INDICES == 0)[0])
-_LOWER_LIP = int(np.flatnonzero(landmarks.CONTENT_INDICES == 17)[0])
-
-
-def content_openness(content: np.ndarray) -> np.ndarray:
-  """Lip openness of content landmarks [..., 57, 2] -> [...]."""
-  return np.linalg.norm(content[..., _UPPER_LIP, :] - content[..., _LOWER_LIP, :], axis=-1)
+T = WINDOW  # frames per window (the release's name)
 
 
 @dataclasses.dataclass
@@ -70,33 +65,39 @@ def load_clip_windows(roots: layout.DatasetRoots, clip: str, num_refs: int = 15)
   if not windows:
     raise ValueError(f"{clip}: no complete window of {T} frames")
 
-  openness = np.array([content_openness(contents[f]) for f in frames])
-  order = np.asarray(frames)[np.argsort(openness, kind="stable")]
-  refs = order[np.linspace(0, len(order) - 1, num_refs).astype(np.int64)]
+  openness = landmarks.lip_openness(np.stack([contents[f] for f in frames]))
+  refs = np.asarray(frames)[schedule.select_references(openness, num_refs)]
   return ClipWindows(
       name=clip,
-      centres=np.array([span[T // 2] for span, _ in windows]),
+      centres=np.array([span[CENTRE] for span, _ in windows]),
       mels=np.stack([m for _, m in windows])[..., None].astype(np.float32),
       pose=np.stack([[poses[f] for f in span] for span, _ in windows]).astype(np.float32),
       content=np.stack([[contents[f] for f in span] for span, _ in windows]).astype(np.float32),
       ref_pose=np.stack([poses[f] for f in refs]).astype(np.float32),
       ref_content=np.stack([contents[f] for f in refs]).astype(np.float32),
-      loudness=loudness[[span[T // 2] for span, _ in windows]],
+      loudness=loudness[[span[CENTRE] for span, _ in windows]],
   )
+
+
+def _padded(x: np.ndarray, rows: int) -> np.ndarray:
+  """`x` with copies of its first row appended up to `rows` rows."""
+  return np.concatenate([x, np.repeat(x[:1], rows - len(x), axis=0)]) if len(x) < rows else x
 
 
 def predict(model: LandmarkGenerator, variables: Mapping[str, Any], clip: ClipWindows,
             batch_size: int = 32) -> np.ndarray:
-  """Predicted content landmarks of every window: [K, T, 57, 2]."""
-  apply = jax.jit(lambda v, *x: model.apply(v, *x, train=False))
+  """Predicted content landmarks of every window: [K, T, 57, 2].
+
+  Batches are padded to `batch_size` rows, so inference's jitted `predict_content`
+  compiles once per model for every clip and both sets of variables.
+  """
   out = []
   for i in range(0, len(clip.centres), batch_size):
     sl = slice(i, i + batch_size)
-    k = len(clip.centres[sl])
-    refs_pose = np.broadcast_to(clip.ref_pose, (k, *clip.ref_pose.shape))
-    refs_content = np.broadcast_to(clip.ref_content, (k, *clip.ref_content.shape))
-    out.append(np.asarray(apply(variables, jnp.asarray(clip.mels[sl]), jnp.asarray(clip.pose[sl]),
-                                jnp.asarray(refs_pose), jnp.asarray(refs_content))))
+    content = predictor.predict_content(
+        variables, _padded(clip.mels[sl], batch_size), _padded(clip.pose[sl], batch_size),
+        clip.ref_pose, clip.ref_content, model=model)
+    out.append(np.asarray(content)[:len(clip.centres[sl])])
   return np.concatenate(out)
 
 
@@ -112,15 +113,16 @@ def evaluate(model: LandmarkGenerator, variables: Mapping[str, Any], clips: list
   l1_sum, count = 0.0, 0
   all_pred, all_loud = [], []
   series = {}
+  variables = jax.device_put(variables)  # once, not once per batch
   for clip in clips:
     pred = predict(model, variables, clip)
     l1_sum += float(np.abs(pred - clip.content).sum())
     count += pred.size
-    predicted = content_openness(pred[:, T // 2])
+    predicted = landmarks.lip_openness(pred[:, CENTRE])
     all_pred.append(predicted)
     all_loud.append(clip.loudness)
     series[clip.name] = dict(centres=clip.centres, loudness=clip.loudness, predicted=predicted,
-                             measured=content_openness(clip.content[:, T // 2]))
+                             measured=landmarks.lip_openness(clip.content[:, CENTRE]))
   pred, loud = np.concatenate(all_pred), np.concatenate(all_loud)
   corr = float(np.corrcoef(pred, loud)[0, 1]) if pred.std() > 0 and loud.std() > 0 else 0.0
   return OpennessReport(l1=l1_sum / count, correlation=corr, series=series)

@@ -104,6 +104,13 @@ _POSITION_OF = {int(m): p for p, m in enumerate(CANONICAL_ORDER)}
 CONNECTION_POSITIONS: np.ndarray = np.array(
     [(_POSITION_OF[a], _POSITION_OF[b]) for a, b in CONNECTIONS], dtype=np.int64)
 LIP_OPENNESS_INDICES = (0, 17)  # mid upper lip, mid lower lip (MediaPipe indices)
+# Where those two points sit in each point set `lip_openness` accepts, by its size.
+_LIP_OPENNESS_POSITIONS: dict[int, tuple[int, int]] = {
+    NUM_MESH_POINTS: LIP_OPENNESS_INDICES,
+    NUM_ALL: tuple(_POSITION_OF[i] for i in LIP_OPENNESS_INDICES),
+    NUM_CONTENT: tuple(int(np.flatnonzero(CONTENT_INDICES == i)[0])
+                       for i in LIP_OPENNESS_INDICES),
+}
 
 # Default box paddings of the release, in pixels of the full frame.
 DATASET_PAD_PX = 5
@@ -261,12 +268,29 @@ def content_and_pose_to_all(pose: np.ndarray, content: np.ndarray) -> np.ndarray
   return out
 
 
-def lip_openness(points: np.ndarray) -> float:
-  """Distance between mid upper lip (0) and mid lower lip (17) of [478, 2] points."""
-  points = np.asarray(points, dtype=np.float64)
-  array_checks.assert_shape(points, (NUM_MESH_POINTS, 2))
-  a, b = LIP_OPENNESS_INDICES
-  return float(np.linalg.norm(points[a] - points[b]))
+def lip_openness(points: np.ndarray) -> np.ndarray:
+  """Distance between mid upper lip (0) and mid lower lip (17), over any leading axes.
+
+  The release ranks template frames by it to pick references; the demo correlates the
+  predicted one with loudness. The point set is told by its size:
+
+  Args:
+    points: [..., 478, 2] Face Mesh points, [..., 131, 2] canonical points or
+      [..., 57, 2] content points (canonical order), in any coordinates (image or box).
+  Returns:
+    [...] distances, in the dtype of `points` (float64 for integers); NaN where a
+    frame's points are NaN (no face).
+  """
+  points = np.asarray(points)
+  if not np.issubdtype(points.dtype, np.floating):
+    points = points.astype(np.float64)
+  array_checks.assert_axis_dimension(points, -1, 2)
+  positions = _LIP_OPENNESS_POSITIONS.get(points.shape[-2] if points.ndim >= 2 else None)
+  if positions is None:
+    raise ValueError(f"lip_openness takes [..., P, 2] points with P in "
+                     f"{sorted(_LIP_OPENNESS_POSITIONS)}, got shape {points.shape}")
+  a, b = positions
+  return np.linalg.norm(points[..., a, :] - points[..., b, :], axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,7 +328,7 @@ def analyze(points: np.ndarray, frame_hw: tuple[int, int], pad_px: float = DATAS
   pose, content = pose_content(normalize_to_box(points[ALL_INDICES], box,
                                                 pixel_grid=pixel_grid))
   return LandmarkResult(points=points, box=box, pose=pose, content=content,
-                        lip_openness=lip_openness(points))
+                        lip_openness=float(lip_openness(points)))
 
 
 # --- Detection ------------------------------------------------------------------

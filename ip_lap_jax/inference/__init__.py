@@ -1,12 +1,20 @@
 """Inference: template video or photo + speech -> lip-synced, watermarked video.
 
 `LipSyncer(checkpoint, InferenceOptions(...)).run(template, audio, output)` is the API
-(`infer.py` is its command line).
+(`infer.py` is its command line). Modules, one job each:
+  api          InferenceOptions, InferenceResult, LipSyncer (the algorithm: its docstring)
+  schedule     which template frame, mel chunk and references each output frame uses
+  face_track   Face Mesh on the template (cached on disk) and the face boxes
+  frames       template frames in playback order with bounded memory
+  predictor    the checkpoint's two models, compiled for fixed shapes
+  pipeline     producer, device and writer threads
 """
 
-from ip_lap_jax.inference.lipsync import (CheckpointError, FaceTrack, InferenceOptions,
-                                          InferenceResult, LipSyncer, detect_template,
-                                          load_checkpoint, nearest_valid, output_frame_count,
-                                          pingpong, select_references, window_mel_indices,
-                                          window_outputs, window_positions)
 from ip_lap_jax.constants import CENTRE, FPS, WINDOW
+from ip_lap_jax.inference.api import InferenceOptions, InferenceResult, LipSyncer
+from ip_lap_jax.inference.face_track import FaceTrack, detect_template
+from ip_lap_jax.inference.predictor import load_checkpoint
+from ip_lap_jax.inference.schedule import (nearest_valid, output_frame_count, pingpong,
+                                           select_references, window_mel_indices,
+                                           window_outputs, window_positions)
+from ip_lap_jax.models.store import CheckpointError

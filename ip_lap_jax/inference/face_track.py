@@ -1,0 +1,167 @@
+"""Where the face is in each template frame: Face Mesh once per frame, cached on disk.
+
+`detect_template` runs Face Mesh on every frame at 25 fps (or reads the result from the
+cache under `cache_dir`, keyed by the template's SHA-256 and the detector settings);
+`frame_geometry` derives what inference uses from it: the release's 25 px padded face
+box, landmarks normalised to the integer pixel box, and lip openness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import tempfile
+
+import cv2
+import numpy as np
+
+from ip_lap_jax.constants import FACE_SIZE, FPS
+from ip_lap_jax.errors import require_file
+from ip_lap_jax.face import landmarks
+from ip_lap_jax.face import sketch
+from ip_lap_jax.files import file_sha256
+from ip_lap_jax.media import video
+
+_DETECTION_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceTrack:
+  """Face Mesh results of a template at 25 fps.
+
+  Attributes:
+    points: [F, 131, 2] float64 canonical points normalised to the frame (x, y); NaN
+      rows for frames without a face.
+    frame_hw: (height, width) of the frames.
+  """
+  points: np.ndarray
+  frame_hw: tuple[int, int]
+
+  @property
+  def num_frames(self) -> int:
+    return self.points.shape[0]
+
+  @property
+  def valid(self) -> np.ndarray:
+    return ~np.isnan(self.points[:, 0, 0])
+
+
+def default_cache_dir() -> pathlib.Path:
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return pathlib.Path(base) / "ip_lap_jax"
+
+
+def _detection_cache_path(template: str, cache_dir: str | os.PathLike[str] | None,
+                          small_faces: bool) -> pathlib.Path:
+  import mediapipe  # its version is part of the key: another model finds other points
+
+  settings = {"version": _DETECTION_CACHE_VERSION, "fps": FPS, "small_faces": small_faces,
+              "mediapipe": mediapipe.__version__, "refine_landmarks": True,
+              "min_detection_confidence": 0.5}
+  key = hashlib.sha256(
+      (file_sha256(template) + json.dumps(settings, sort_keys=True)).encode()).hexdigest()
+  root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
+  return root / "face_tracks" / f"{key[:32]}.npz"
+
+
+def detect_template(template: str | os.PathLike[str], *, small_faces: bool = False,
+                    cache_dir: str | os.PathLike[str] | None = None,
+                    use_cache: bool = True) -> tuple[FaceTrack, bool]:
+  """Face Mesh on every template frame (at 25 fps), cached on disk.
+
+  Returns:
+    (track, from_cache).
+  """
+  template = require_file(template)
+  cache_path = _detection_cache_path(template, cache_dir, small_faces)
+  if use_cache and cache_path.is_file():
+    with np.load(cache_path) as data:
+      return FaceTrack(points=data["points"], frame_hw=tuple(int(v) for v in data["frame_hw"])), True
+  rows: list[np.ndarray] = []
+  frame_hw = None
+  nan_row = np.full((landmarks.NUM_ALL, 2), np.nan)
+  with landmarks.FaceMeshDetector(small_faces=small_faces) as detector:
+    for frame in video.iter_frames(template, fps=FPS):
+      frame_hw = frame.shape[:2]
+      points = detector.detect(frame)
+      rows.append(nan_row if points is None else points[landmarks.ALL_INDICES])
+  track = FaceTrack(points=np.stack(rows), frame_hw=tuple(int(v) for v in frame_hw))
+  if use_cache:
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_path.parent, suffix=".npz")
+    os.close(fd)
+    np.savez(tmp, points=track.points, frame_hw=np.array(track.frame_hw))
+    os.replace(tmp, cache_path)  # atomic: a reader never sees half a file
+  return track, False
+
+
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+  """[H, W, C] -> [size, size, C] (area interpolation; unchanged if already that size)."""
+  if img.shape[0] == size and img.shape[1] == size:
+    return img
+  return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameGeometry:
+  """Per template frame, derived from a track (arrays over its F frames).
+
+  Attributes:
+    boxes: [F, 4] int pixel face boxes (y1, y2, x1, x2).
+    pose: [F, 74, 2], content: [F, 57, 2] float32 box-normalised landmarks.
+    openness: [F] lip openness in image coordinates, NaN without a usable face.
+    usable: [F] bool, the frame has a face with a non-empty box.
+  """
+  boxes: np.ndarray
+  pose: np.ndarray
+  content: np.ndarray
+  openness: np.ndarray
+  usable: np.ndarray
+
+  def face(self, frame: np.ndarray, index: int, size: int) -> np.ndarray:
+    """The face of template frame `index` as the renderer takes it.
+
+    Args:
+      frame: uint8 [H, W, 3], that template frame.
+    Returns:
+      float32 [size, size, 3] in [0, 1]: the box crop at 128 px (the release's), then
+      resized to `size`.
+    """
+    y1, y2, x1, x2 = self.boxes[index]
+    crop = cv2.resize(frame[y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE))
+    return resize_square(crop, size).astype(np.float32) / 255.0
+
+  def sketch(self, pose: np.ndarray, content: np.ndarray, index: int) -> np.ndarray:
+    """Sketch of pose [74, 2] + content [57, 2] on the box of frame `index`.
+
+    Returns:
+      float32 [128, 128, 3] in [0, 1], drawn for the box's pixel size
+      (`sketch.draw_sketch`).
+    """
+    y1, y2, x1, x2 = self.boxes[index]
+    points = landmarks.content_and_pose_to_all(pose.astype(np.float64), content.astype(np.float64))
+    return sketch.draw_sketch(points, (int(y2 - y1), int(x2 - x1)))
+
+
+def frame_geometry(track: FaceTrack, pad: int) -> FrameGeometry:
+  """Boxes padded by `pad` px, landmarks normalised to the pixel box, lip openness."""
+  f = track.num_frames
+  boxes = np.zeros((f, 4), np.int64)
+  pose = np.zeros((f, landmarks.NUM_POSE, 2), np.float32)
+  content = np.zeros((f, landmarks.NUM_CONTENT, 2), np.float32)
+  usable = track.valid.copy()
+  for i in np.flatnonzero(usable):
+    pts = track.points[i]
+    box = landmarks.face_box(pts, pad, track.frame_hw)
+    y1, y2, x1, x2 = box.pixel
+    if y2 <= y1 or x2 <= x1:  # a degenerate detection: treat as no face
+      usable[i] = False
+      continue
+    boxes[i] = box.pixel
+    pose[i], content[i] = landmarks.pose_content(
+        landmarks.normalize_to_box(pts, box, pixel_grid=True))
+  openness = np.where(usable, landmarks.lip_openness(track.points), np.nan)
+  return FrameGeometry(boxes, pose, content, openness, usable)

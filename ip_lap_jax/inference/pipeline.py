@@ -1,0 +1,320 @@
+"""The streaming part of a run: three threads around the device.
+
+A producer thread decodes, crops and prepares batch i+1 (`_batches`), the calling thread
+runs the landmark generator, draws the sketches and starts the renderer on batch i
+(`_infer_batch`), and a writer thread pastes, watermarks and encodes batch i-1
+(`_write`). Queues between them hold two batches, so memory stays bounded; when one
+thread fails the others stop and the first error is raised in the caller.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import queue
+import threading
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+
+import cv2
+import jax
+import numpy as np
+
+from ip_lap_jax.constants import CENTRE, FACE_SIZE, FPS, WINDOW
+from ip_lap_jax.face import landmarks
+from ip_lap_jax.face import paste
+from ip_lap_jax.inference import schedule
+from ip_lap_jax.inference.face_track import FaceTrack, FrameGeometry, resize_square
+from ip_lap_jax.inference.frames import FrameReader
+from ip_lap_jax.inference.predictor import CompiledPredictor, Predictor
+from ip_lap_jax.media import audio as audio_lib
+from ip_lap_jax.media import video
+
+T = TypeVar("T")
+
+
+def run_in_thread(fn: Callable[[], T], name: str) -> concurrent.futures.Future[T]:
+  """Starts `fn` in a daemon thread; its result or exception arrives in the future.
+
+  Daemon: a caller that fails meanwhile reports at once instead of waiting for `fn`.
+  """
+  future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+  def target() -> None:
+    future.set_running_or_notify_cancel()
+    try:
+      future.set_result(fn())
+    except BaseException as e:  # re-raised by future.result() in the caller's thread
+      future.set_exception(e)
+
+  threading.Thread(target=target, name=name, daemon=True).start()
+  return future
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What a run renders: the template's faces and the speech's frames.
+
+  Attributes:
+    track, geometry: the template's detections and what is derived from them.
+    fill: [F] int, each template frame's nearest frame with a usable face.
+    mel_chunks: [M, 80, 16] the speech's mel chunks (`audio.inference_mel_chunks`).
+    num_out: output frames.
+  """
+  track: FaceTrack
+  geometry: FrameGeometry
+  fill: np.ndarray
+  mel_chunks: np.ndarray
+  num_out: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+  """Where and how frames are written.
+
+  Attributes:
+    path: the mp4.
+    audio_path: the file whose audio track is muxed in (None: silent).
+    metadata: container tags.
+    watermark: embed the invisible watermark in every frame.
+    debug_sketch: put the centre frame's sketch left of each frame.
+    progress: show a progress bar.
+  """
+  path: str
+  audio_path: str | None
+  metadata: Mapping[str, str]
+  watermark: bool
+  debug_sketch: bool
+  progress: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class References:
+  """What every window shares, on every device.
+
+  Attributes:
+    pose: [Nl, 74, 2], content: [Nl, 57, 2] landmark references.
+    images, sketches: [N, S, S, 3] image references and their sketches.
+  """
+  pose: jax.Array
+  content: jax.Array
+  images: jax.Array
+  sketches: jax.Array
+
+
+def prepare_references(plan: Plan, reader: FrameReader, predictor: Predictor) -> References:
+  """Nl landmark and N image references at evenly spaced lip-openness ranks."""
+  geometry, s = plan.geometry, predictor.render_size
+  lmk = schedule.select_references(geometry.openness, predictor.num_landmark_refs)
+  img = schedule.select_references(geometry.openness, predictor.num_refs)
+  faces = {i: geometry.face(reader.get(i), i, s) for i in sorted(set(img.tolist()))}
+  sketches = [resize_square(geometry.sketch(geometry.pose[i], geometry.content[i], i), s)
+              for i in img]
+  return References(pose=predictor.replicate(geometry.pose[lmk]),
+                    content=predictor.replicate(geometry.content[lmk]),
+                    images=predictor.replicate(np.stack([faces[i] for i in img])),
+                    sketches=predictor.replicate(np.stack(sketches)))
+
+
+@dataclasses.dataclass
+class _Item:
+  """One rendered window (or a pass-through frame) on its way to the writer."""
+  frame: np.ndarray  # uint8 [H, W, 3] background
+  outputs: list[int]  # output positions it fills
+  slot: int | None  # row in the batch, None = pass through unchanged
+  template_index: int
+
+
+@dataclasses.dataclass
+class _Batch:
+  items: list[_Item]
+  faces: np.ndarray  # [B, S, S, 3] float32
+  pose: np.ndarray  # [B, 5, 74, 2] float32
+  mels: np.ndarray  # [B, 5, 80, 16, 1] float32
+  frames: np.ndarray  # [B, 5] template frames (with a face) of each window frame
+  count: int  # real rows (the rest is padding)
+
+
+_DONE = object()
+
+
+class _Failure:
+  def __init__(self, error: BaseException):
+    self.error = error
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+  while not stop.is_set():
+    try:
+      q.put(item, timeout=0.1)
+      return True
+    except queue.Full:
+      continue
+  return False
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+  """Next queue entry, or _DONE once `stop` is set (another thread failed)."""
+  while not stop.is_set():
+    try:
+      return q.get(timeout=0.1)
+    except queue.Empty:
+      continue
+  return _DONE
+
+
+def _batches(plan: Plan, reader: FrameReader, batch_size: int, size: int) -> Iterator[_Batch]:
+  """Batches of windows in output order, the last padded to `batch_size` (producer)."""
+  geometry, length = plan.geometry, plan.track.num_frames
+
+  def empty() -> dict[str, np.ndarray]:
+    return {"faces": np.zeros((batch_size, size, size, 3), np.float32),
+            "pose": np.zeros((batch_size, WINDOW, landmarks.NUM_POSE, 2), np.float32),
+            "mels": np.zeros((batch_size, WINDOW, 80, audio_lib.MEL_STEP, 1), np.float32),
+            "frames": np.zeros((batch_size, WINDOW), np.int64)}
+
+  arrays, items, count = empty(), [], 0
+  for window in range(schedule.num_windows(plan.num_out)):
+    t = int(schedule.pingpong(window + CENTRE, length))
+    frame = reader.get(t)
+    slot = None
+    if geometry.usable[t]:
+      slot = count
+      arrays["faces"][slot] = geometry.face(frame, t, size)
+      frames = plan.fill[schedule.pingpong(schedule.window_positions(window), length)]
+      arrays["frames"][slot] = frames
+      arrays["pose"][slot] = geometry.pose[frames]
+      mel_indices = schedule.window_mel_indices(window, len(plan.mel_chunks))
+      arrays["mels"][slot] = plan.mel_chunks[mel_indices][..., None]
+      count += 1
+    items.append(_Item(frame=frame, outputs=schedule.window_outputs(window), slot=slot,
+                       template_index=t))
+    if count == batch_size:
+      yield _Batch(items=items, count=count, **arrays)
+      arrays, items, count = empty(), [], 0
+  if items:
+    for k in range(count, batch_size):  # pad with copies of row 0 (fixed shapes)
+      for v in arrays.values():
+        v[k] = v[0]
+    yield _Batch(items=items, count=count, **arrays)
+
+
+def _infer_batch(compiled: CompiledPredictor, batch: _Batch, geometry: FrameGeometry,
+                 refs: References) -> tuple[jax.Array, np.ndarray]:
+  """Landmarks -> sketches -> rendering of one batch; rendering is left in flight.
+
+  Returns:
+    (rendered uint8 [B, S, S, 3] on the devices, centre sketches float32
+    [B, 128, 128, 3] at full size for `debug_sketch`).
+  """
+  content = compiled.predict_content(batch.mels, batch.pose, refs.pose, refs.content)
+  s = compiled.predictor.render_size
+  bsz = batch.faces.shape[0]
+  sketches = np.zeros((bsz, WINDOW, s, s, 3), np.float32)
+  centre = np.zeros((bsz, FACE_SIZE, FACE_SIZE, 3), np.float32)
+  for b in range(batch.count):
+    for t in range(WINDOW):
+      drawn = geometry.sketch(batch.pose[b, t], content[b, t], batch.frames[b, t])
+      sketches[b, t] = resize_square(drawn, s)
+      if t == CENTRE:
+        centre[b] = drawn
+  sketches[batch.count:] = sketches[0]
+  rendered = compiled.render(batch.faces, sketches, refs.images, refs.sketches,
+                             batch.mels[:, CENTRE])
+  return rendered, centre
+
+
+def _write(to_writer: queue.Queue, stop: threading.Event, plan: Plan, output: Output) -> int:
+  """Pastes, watermarks and encodes (writer thread); returns the pass-through frames."""
+  embed: Callable[[np.ndarray], np.ndarray] | None = None
+  if output.watermark:
+    from ip_lap_jax.media import watermark
+    embed = watermark.embed_frame
+  from tqdm import tqdm
+
+  track, geometry = plan.track, plan.geometry
+  h, w = track.frame_hw
+  written = passthrough = 0
+  with tqdm(total=plan.num_out, unit="frame", disable=not output.progress,
+            desc="lip sync") as bar, \
+      video.VideoWriter(output.path, fps=FPS, audio_path=output.audio_path,
+                        metadata=output.metadata) as writer:
+    while True:
+      entry = _get(to_writer, stop)
+      if entry is _DONE:
+        if stop.is_set():  # abandoned: VideoWriter deletes its temporary file
+          raise RuntimeError("inference stopped before the video was complete")
+        break
+      batch, rendered, centre_sketches = entry
+      faces = np.asarray(rendered)  # waits for the device
+      for item in batch.items:
+        if item.slot is None:
+          out = item.frame
+          passthrough += len(item.outputs)
+          sketch_img = np.zeros_like(item.frame)
+        else:
+          t = item.template_index
+          polygon = paste.mask_polygon(track.points[t], track.frame_hw)
+          out = paste.paste_face(item.frame, faces[item.slot], tuple(geometry.boxes[t]), polygon)
+          sketch_img = (cv2.resize(centre_sketches[item.slot], (w, h)) * 255).astype(np.uint8)
+        if output.debug_sketch:
+          out = np.concatenate([sketch_img, out], axis=1)
+        if embed is not None:
+          out = embed(out)
+        for _ in item.outputs:
+          writer.write(out)
+        written += len(item.outputs)
+        bar.update(len(item.outputs))
+    if written != plan.num_out:
+      raise RuntimeError(f"wrote {written} frames, expected {plan.num_out}")
+  return passthrough
+
+
+def run_pipeline(plan: Plan, reader: FrameReader, compiled: CompiledPredictor,
+                 refs: References, output: Output) -> int:
+  """Renders and writes every output frame; returns how many were passed through.
+
+  Raises:
+    The first error of any of the three threads.
+  """
+  stop = threading.Event()
+  to_device: queue.Queue = queue.Queue(maxsize=2)
+  to_writer: queue.Queue = queue.Queue(maxsize=2)
+  predictor = compiled.predictor
+
+  def produce() -> None:
+    try:
+      for batch in _batches(plan, reader, predictor.batch_size, predictor.render_size):
+        if not _put(to_device, batch, stop):
+          return
+      _put(to_device, _DONE, stop)
+    except BaseException as e:  # handed to the device loop, which raises it
+      _put(to_device, _Failure(e), stop)
+
+  def write() -> int:
+    try:
+      return _write(to_writer, stop, plan, output)
+    except BaseException:
+      stop.set()  # the producer and the device loop give up too
+      raise
+
+  produced = run_in_thread(produce, "ip_lap_jax-producer")
+  written = run_in_thread(write, "ip_lap_jax-writer")
+  try:
+    while True:
+      batch = _get(to_device, stop)
+      if batch is _DONE:
+        break
+      if isinstance(batch, _Failure):
+        raise batch.error
+      rendered, sketches = _infer_batch(compiled, batch, plan.geometry, refs)
+      if not _put(to_writer, (batch, rendered, sketches), stop):
+        break
+    _put(to_writer, _DONE, stop)
+  except BaseException:
+    stop.set()
+    raise
+  finally:
+    concurrent.futures.wait([written])
+    stop.set()
+    concurrent.futures.wait([produced])
+  return written.result()
