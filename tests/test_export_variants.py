@@ -176,11 +176,6 @@ def test_export_cli_steps(runs, tmp_path, capsys):
   assert "no checkpoint at step 'first'" in capsys.readouterr().err
 
 
-# Not strict: main records eval metrics in each checkpoint's `meta` and export reads
-# them there, which fixes this; drop the mark once that is merged.
-@pytest.mark.xfail(raises=SystemExit, strict=False, reason=(
-    "training/checkpoint.py gives orbax a BestN preservation policy but no best_fn, so "
-    "CheckpointManager never writes a step's eval metrics to disk and export finds none"))
 def test_export_cli_best_step(runs, tmp_path):
   run = runs("lstm")
   l1 = {}
