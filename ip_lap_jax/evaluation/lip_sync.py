@@ -110,6 +110,29 @@ def scores_from_distances(mean_dists: np.ndarray, vshift: int = VSHIFT) -> LipSy
   return LipSyncScores(float(median - minval), float(minval), vshift - argmin)
 
 
+_FRAME_BUCKET = 32
+
+
+def _pad_axis0(array: np.ndarray, multiple: int) -> np.ndarray:
+  """Zero rows appended up to a multiple of `multiple`."""
+  extra = -len(array) % multiple
+  return np.concatenate([array, np.zeros((extra, *array.shape[1:]), array.dtype)]) if extra else array
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _embed_batch(variables: Any, frames: Array, mfcc: Array, starts: Array, *, model: Any
+                 ) -> tuple[Array, Array]:
+  """frames [T, 224, 224, 3] uint8, mfcc [13, M], starts [B] -> (lip, aud) [B, 1024].
+
+  Module level with the SyncNet module static, so every scorer of the process shares
+  the compiled executable.
+  """
+  clips = frames[starts[:, None] + jnp.arange(LIP_FRAMES)[None, :]].astype(jnp.float32)
+  cols = jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(
+      mfcc, s * MFCC_PER_FRAME, MFCC_SHAPE[1], axis=1))(starts)  # [B, 13, 20]
+  return model.apply(variables, clips, cols[..., None])
+
+
 class LipSyncScorer:
   """Embeds all windows of a clip with SyncNet in jitted batches, then scores them.
 
@@ -142,15 +165,6 @@ class LipSyncScorer:
     self._variables = jax.device_put(variables, self._replicated)
     self._model = registry.build(registry.official_spec("syncnet"),
                                  backend=devices[0].platform).clone(precision=precision)
-    self._embed = jax.jit(self._embed_batch)
-
-  def _embed_batch(self, variables: Any, frames: Array, mfcc: Array, starts: Array
-                   ) -> tuple[Array, Array]:
-    """frames [T, 224, 224, 3] uint8, mfcc [13, M], starts [B] -> (lip, aud) [B, 1024]."""
-    clips = frames[starts[:, None] + jnp.arange(LIP_FRAMES)[None, :]].astype(jnp.float32)
-    cols = jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(
-        mfcc, s * MFCC_PER_FRAME, MFCC_SHAPE[1], axis=1))(starts)  # [B, 13, 20]
-    return self._model.apply(variables, clips, cols[..., None])
 
   def embeddings(self, frames224: np.ndarray, mfcc: np.ndarray, count: int
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -158,13 +172,18 @@ class LipSyncScorer:
 
     frames224: [T, 224, 224, 3] uint8 BGR; mfcc: [M, 13] (python_speech_features' layout).
     """
+    # Padded to buckets, so clips of similar lengths share one compiled executable;
+    # windows read only the real frames and columns.
+    frames224 = _pad_axis0(frames224, _FRAME_BUCKET)
+    cep = _pad_axis0(np.asarray(mfcc, np.float32), _FRAME_BUCKET * MFCC_PER_FRAME).T
     frames = jax.device_put(frames224, self._replicated)
-    cep = jax.device_put(np.asarray(mfcc, np.float32).T, self._replicated)
+    cep = jax.device_put(np.ascontiguousarray(cep), self._replicated)
     lips, auds = [], []
     for first in range(0, count, self.batch_size):
       starts = np.minimum(np.arange(first, first + self.batch_size), count - 1)
-      lip, aud = self._embed(self._variables, frames, cep,
-                             jax.device_put(starts.astype(np.int32), self._batch_sharding))
+      lip, aud = _embed_batch(self._variables, frames, cep,
+                             jax.device_put(starts.astype(np.int32), self._batch_sharding),
+                             model=self._model)
       take = min(self.batch_size, count - first)
       lips.append(np.asarray(lip)[:take])
       auds.append(np.asarray(aud)[:take])
