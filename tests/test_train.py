@@ -35,10 +35,7 @@ def compile_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
   root = tmp_path_factory.mktemp("train_layout")
-  roots = train_fixtures.build_layout(root, {"s/a": 40, "s/b": 35, "t/c": 30})
-  roots["train"] = train_fixtures.write_list(root / "train.txt", ["s/a", "s/b"])
-  roots["test"] = train_fixtures.write_list(root / "test.txt", ["t/c"])
-  return roots
+  return train_fixtures.train_test_layout(root)
 
 
 def _tree_rel_err(a, b) -> float:

@@ -183,8 +183,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Pa
       summaries.grid(grid, step)
     if step % cfg.checkpoint_every_steps == 0 or step == cfg.num_train_steps:
       ckpt_lib.save(manager, step, parallel.fetch(state), data_state,
-                    {"step": step, "epoch": (step - 1) // epoch_steps, "stage": cfg.stage},
-                    eval_metrics)
+                    {"step": step, "epoch": (step - 1) // epoch_steps, "stage": cfg.stage,
+                     "eval": eval_metrics}, eval_metrics)
   bar.close()
   manager.wait_until_finished()
   manager.close()
