@@ -8,9 +8,11 @@
 
 Any config field can be overridden (`--config.batch_size=64`); a config argument after
 ':' picks variants (smoke, lstm, no_warp, no_audio, refs1/5/25). Re-running with the same
-workdir resumes from its latest checkpoint. Several processes (one per host):
-`--multi_host` calls jax.distributed.initialize() (coordinator from the environment,
-e.g. SLURM or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID).
+workdir resumes from its latest checkpoint. Several processes (one per host, same
+command, a workdir shared by all): `--multi_host` joins them with
+jax.distributed.initialize() (SLURM's environment under srun, else
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID); a failure on one stops all
+(ip_lap_jax.distributed). Only process 0 logs at INFO level.
 """
 
 from __future__ import annotations
@@ -28,19 +30,24 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events
 _MULTI_HOST = flags.DEFINE_bool(
     "multi_host", bool(os.environ.get("JAX_COORDINATOR_ADDRESS")),
     "Call jax.distributed.initialize() (default: when JAX_COORDINATOR_ADDRESS is set).")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 100,
+    "With --multi_host: a process silent this long is considered dead and the job stops.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
   del argv
-  logging.getLogger().setLevel(logging.INFO)
   import jax  # pylint: disable=g-import-not-at-top
+  from ip_lap_jax import distributed  # pylint: disable=g-import-not-at-top
   if _MULTI_HOST.value:
-    jax.distributed.initialize()
+    distributed.initialize(_HEARTBEAT.value)
+  logging.getLogger().setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
   from ip_lap_jax.training import loop as train_lib  # pylint: disable=g-import-not-at-top
   logging.info("process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
-  result = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  with distributed.fail_together():
+    result = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.info("done: train %s eval %s", result["train"], result["eval"])
 
 

@@ -6,7 +6,7 @@ One full optimisation step per stage at the same batch, same device (this CPU):
   VGG19 perceptual losses (warp; gen with style), discriminator on fake (detached), real
   and fake, LSGAN + feature matching, backward, Adam on the renderer, then the
   discriminator's backward and Adam step, as train_video_renderer.py.
-JAX: `ip_lap_jax.training.*_step.make_steps` (pmap over one device, XLA optimisations on),
+JAX: `ip_lap_jax.training.*_step.make_steps` (on a one-device mesh, XLA optimisations on),
 timed after a compile call. PyTorch: the mirror modules, `torch.set_num_threads(<usable cores>)`.
 
 Each framework is timed as a training loop runs, in blocks of `--repeats` consecutive
@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the PyTorch mirrors (tests/torch_mirr
 
 import jax  # noqa: E402
 
+from ip_lap_jax import parallel  # noqa: E402
 from ip_lap_jax.configs import landmark_generator as lmk_config  # noqa: E402
 from ip_lap_jax.configs import renderer as ren_config  # noqa: E402
 from ip_lap_jax.training import landmark_step, renderer_step  # noqa: E402
@@ -52,13 +53,13 @@ def _timed(fn) -> float:
 def jax_landmark(batch_size: int):
   cfg = lmk_config.get_config()
   tx, schedule = state_lib.make_optimizer(cfg.optimizer, 10)
-  dev = jax.local_devices()[:1]
-  state = state_lib.replicate(landmark_step.init_state(
-      cfg, tx, landmark_step.init_variables(cfg, jax.random.PRNGKey(0)), jax.random.PRNGKey(1)), dev)
+  mesh = parallel.global_mesh(jax.local_devices()[:1])
+  state = parallel.replicate(landmark_step.init_state(
+      cfg, tx, landmark_step.init_variables(cfg, jax.random.PRNGKey(0)), jax.random.PRNGKey(1)), mesh)
   rng = np.random.default_rng(0)
-  batch = {k: rng.uniform(0, 1, (1, batch_size) + v.shape[1:]).astype(np.float32)
-           for k, v in landmark_step.dummy_batch(cfg).items()}
-  p_train, _ = landmark_step.make_steps(cfg, tx, schedule, dev)
+  batch = parallel.shard_batch({k: rng.uniform(0, 1, (batch_size,) + v.shape[1:]).astype(np.float32)
+                                for k, v in landmark_step.dummy_batch(cfg).items()}, mesh)
+  p_train, _ = landmark_step.make_steps(cfg, tx, schedule, mesh)
   box = {"state": state}
 
   def step():
@@ -94,17 +95,19 @@ def jax_renderer(batch_size: int):
   cfg = ren_config.get_config()
   tx, schedule = state_lib.make_optimizer(cfg.optimizer, 10)
   disc_tx, _ = state_lib.make_optimizer(cfg.disc_optimizer, 10)
-  dev = jax.local_devices()[:1]
+  mesh = parallel.global_mesh(jax.local_devices()[:1])
   gen_vars, disc_vars, vgg_vars = renderer_step.init_variables(cfg, jax.random.PRNGKey(0))
-  state = state_lib.replicate(renderer_step.init_state(
-      gen_vars, disc_vars, tx, disc_tx, jax.random.PRNGKey(1)), dev)
+  vgg_vars = parallel.replicate(vgg_vars, mesh)
+  state = parallel.replicate(renderer_step.init_state(
+      gen_vars, disc_vars, tx, disc_tx, jax.random.PRNGKey(1)), mesh)
   rng = np.random.default_rng(0)
   batch = {}
   for k, v in renderer_step.dummy_batch(cfg, batch_size).items():
-    shape = (1,) + v.shape
+    shape = v.shape
     batch[k] = (rng.integers(0, 256, shape).astype(np.uint8) if v.dtype == np.uint8
                 else rng.standard_normal(shape).astype(np.float32))
-  train_steps, _ = renderer_step.make_steps(cfg, tx, disc_tx, schedule, dev)
+  batch = parallel.shard_batch(batch, mesh)
+  train_steps, _ = renderer_step.make_steps(cfg, tx, disc_tx, schedule, mesh)
   box = {"state": state}
 
   def step():

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import jax
 import numpy as np
 import pytest
 
+from ip_lap_jax import parallel
 from ip_lap_jax.media import audio
 from ip_lap_jax.data import pipeline
 from ip_lap_jax.data.landmark_data import LandmarkSampler
@@ -150,9 +152,12 @@ def test_step_major_sampler_hosts():
   assert [w[i].record_key for i in (1, 3, 5, 7)] == [12, 13, 14, 15]
 
 
-def test_shard_for_pmap():
-  out = pipeline.shard_for_pmap({"x": np.arange(24).reshape(8, 3)}, 4)
-  assert out["x"].shape == (4, 2, 3)
-  np.testing.assert_array_equal(out["x"][1, 0], [6, 7, 8])
-  with pytest.raises(ValueError):
-    pipeline.shard_for_pmap({"x": np.zeros((6, 1))}, 4)
+def test_shard_batch_puts_consecutive_rows_on_consecutive_devices():
+  mesh = parallel.global_mesh(jax.devices()[:4])
+  out = parallel.shard_batch({"x": np.arange(24).reshape(8, 3)}, mesh)
+  assert out["x"].shape == (8, 3)
+  shares = {s.device: np.asarray(s.data) for s in out["x"].addressable_shards}
+  np.testing.assert_array_equal(shares[jax.devices()[1]], [[6, 7, 8], [9, 10, 11]])
+  np.testing.assert_array_equal(parallel.first_device_share(out["x"]), [[0, 1, 2], [3, 4, 5]])
+  with pytest.raises(ValueError, match="4 local devices"):
+    parallel.shard_batch({"x": np.zeros((6, 1))}, mesh)

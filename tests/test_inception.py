@@ -13,6 +13,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from ip_lap_jax import parallel
 from ip_lap_jax.configs import renderer as ren_config
 from ip_lap_jax import convert
 from ip_lap_jax import conversion
@@ -23,7 +24,7 @@ from ip_lap_jax.models.inception import FEATURE_DIM, InceptionV3
 from torch_mirror.common import randomize_batchnorm_stats
 from torch_mirror.inception import FIDInceptionV3Torch
 from ip_lap_jax.training import metrics
-from ip_lap_jax.training import state as state_lib
+from ip_lap_jax.training import stage as stage_lib
 from tests import train_fixtures
 from tests.conversion_asserts import assert_conversion_error
 
@@ -252,9 +253,9 @@ def test_renderer_evaluation_reports_fid(layout, converted, fast_compile, monkey
   """The training loop's evaluation (no train step: it would only add compile time)."""
   start = time.perf_counter()
   cfg = _renderer_cfg(layout, converted)
-  devices = jax.devices()[:1]
-  stage = train_lib._Stage(cfg, devices)  # pylint: disable=protected-access
-  _, test_sampler = train_lib.make_samplers(cfg)
+  mesh = parallel.global_mesh(jax.devices()[:1])
+  stage = stage_lib.stage_class(cfg.stage)(cfg, mesh)
+  _, test_sampler = stage.make_samplers(cfg)
   loader = pipeline.make_loader(test_sampler, num_steps=1, global_batch=2,
                                 seed=cfg.seed + train_lib.EVAL_SEED_OFFSET)
   batch = next(iter(loader))
@@ -268,8 +269,8 @@ def test_renderer_evaluation_reports_fid(layout, converted, fast_compile, monkey
     return calls[-1][2]
 
   monkeypatch.setattr(metrics, "fid", recording_fid)
-  result, _ = stage.evaluate(state_lib.replicate(stage.state, devices),
-                             [(None, pipeline.shard_for_pmap(batch, len(devices)))])
+  result, _ = train_lib.evaluate(stage, parallel.replicate(stage.init_state(), mesh),
+                                 [(None, parallel.shard_batch(batch, mesh))], want_grid=False)
   print(f"renderer evaluation with FID: {time.perf_counter() - start:.1f} s, "
         f"eval/fid {result['eval/fid']:.4g}")
   assert np.isfinite(result["eval/fid"]) and result["eval/fid"] > 0.0
@@ -283,12 +284,16 @@ def test_renderer_evaluation_reports_fid(layout, converted, fast_compile, monkey
   assert result["eval/fid"] == pytest.approx(value, rel=1e-6)
 
 
+def _make_stage(cfg) -> stage_lib.Stage:
+  return stage_lib.stage_class(cfg.stage)(cfg, parallel.global_mesh(jax.devices()[:1]))
+
+
 def test_fid_weights_errors_name_the_path(layout, tmp_path):
   missing = tmp_path / "no_such_dir"
   with pytest.raises(FileNotFoundError, match="no_such_dir"):
-    train_lib._Stage(_renderer_cfg(layout, str(missing)), jax.devices()[:1])  # pylint: disable=protected-access
+    _make_stage(_renderer_cfg(layout, str(missing)))
   other = tmp_path / "renderer_ckpt"
   other.mkdir()
   (other / "provenance.json").write_text(json.dumps({"model": "renderer"}))
   with pytest.raises(ValueError, match="renderer_ckpt.*'renderer'"):
-    train_lib._Stage(_renderer_cfg(layout, str(other)), jax.devices()[:1])  # pylint: disable=protected-access
+    _make_stage(_renderer_cfg(layout, str(other)))

@@ -1,4 +1,4 @@
-"""Train steps and loop: pmap == single device, smoke training, exact resume, renderer step."""
+"""Train steps and loop: 8 devices == 1 device, smoke training, exact resume, renderer step."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import numpy as np
 import optax
 import pytest
 
+from ip_lap_jax import parallel
 from ip_lap_jax.configs import landmark_generator as lmk_config
 from ip_lap_jax.configs import renderer as ren_config
 from ip_lap_jax.training import loop as train_lib
 from ip_lap_jax.training import landmark_step
+from ip_lap_jax.training import stage as stage_lib
 from ip_lap_jax.training import state as state_lib
 from tests import train_fixtures
 
@@ -33,10 +35,7 @@ def compile_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
   root = tmp_path_factory.mktemp("train_layout")
-  roots = train_fixtures.build_layout(root, {"s/a": 40, "s/b": 35, "t/c": 30})
-  roots["train"] = train_fixtures.write_list(root / "train.txt", ["s/a", "s/b"])
-  roots["test"] = train_fixtures.write_list(root / "test.txt", ["t/c"])
-  return roots
+  return train_fixtures.train_test_layout(root)
 
 
 def _tree_rel_err(a, b) -> float:
@@ -70,12 +69,11 @@ def test_pmap_step_equals_single_device_step():
              for k, v in landmark_step.dummy_batch(cfg).items()}
     results = {}
     for n in (1, 8):
-      devices = jax.devices()[:n]
-      p_train, _ = landmark_step.make_steps(cfg, tx, schedule, devices)
-      new_state, metrics = p_train(
-          state_lib.replicate(state, devices),
-          {k: v.reshape((n, 8 // n) + v.shape[1:]) for k, v in batch.items()})
-      results[n] = (state_lib.unreplicate(new_state), state_lib.unreplicate(metrics))
+      mesh = parallel.global_mesh(jax.devices()[:n])
+      p_train, _ = landmark_step.make_steps(cfg, tx, schedule, mesh)
+      new_state, metrics = p_train(parallel.replicate(state, mesh),
+                                   parallel.shard_batch(batch, mesh))
+      results[n] = (parallel.fetch(new_state), parallel.fetch(metrics))
     (s1, m1), (s8, m8) = results[1], results[8]
     for k in ("loss", "l1", "velocity", "grad_norm"):
       np.testing.assert_allclose(m8[k], m1[k], rtol=1e-5)
@@ -87,10 +85,10 @@ def test_pmap_step_equals_single_device_step():
     assert _tree_rel_err(s1["batch_stats"], s8["batch_stats"]) < 1e-5
     # per_device BatchNorm differs from the global batch (what DataParallel computes).
     cfg.batchnorm = "per_device"
-    p_train, _ = landmark_step.make_steps(cfg, tx, schedule, jax.devices()[:8])
-    _, m_pd = p_train(state_lib.replicate(state, jax.devices()[:8]),
-                      {k: v.reshape((8, 1) + v.shape[1:]) for k, v in batch.items()})
-    assert abs(float(state_lib.unreplicate(m_pd)["loss"]) - float(m1["loss"])) > 1e-4
+    mesh = parallel.global_mesh(jax.devices()[:8])
+    p_train, _ = landmark_step.make_steps(cfg, tx, schedule, mesh)
+    _, m_pd = p_train(parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh))
+    assert abs(float(parallel.fetch(m_pd)["loss"]) - float(m1["loss"])) > 1e-4
 
 
 def _landmark_cfg(layout, steps: int):
@@ -174,7 +172,8 @@ def test_init_from_converted_official_weights(layout, tmp_path):
   cfg = _landmark_cfg(layout, 1)
   cfg.model.nlayers = 4  # the release's depth, as the checkpoint
   cfg.init_from = str(tmp_path / "converted")
-  state = train_lib._Stage(cfg, jax.devices()[:1]).state  # pylint: disable=protected-access
+  mesh = parallel.global_mesh(jax.devices()[:1])
+  state = stage_lib.stage_class(cfg.stage)(cfg, mesh).init_state()
   for collection in ("params", "batch_stats"):
     flat_want = jax.tree_util.tree_leaves_with_path(want[collection])
     flat_got = dict(jax.tree_util.tree_leaves_with_path(state[collection]))
@@ -184,7 +183,7 @@ def test_init_from_converted_official_weights(layout, tmp_path):
 
   cfg.model.nlayers = 1  # a checkpoint that does not fit the model fails clearly
   with pytest.raises(Exception, match="transformer_encoder|layers_1|structure"):
-    train_lib._Stage(cfg, jax.devices()[:1])  # pylint: disable=protected-access
+    stage_lib.stage_class(cfg.stage)(cfg, mesh).init_state()
 
 
 def test_sync_batchnorm_covers_the_renderers_grouped_batchnorm():
@@ -209,16 +208,21 @@ def test_sync_batchnorm_covers_the_renderers_grouped_batchnorm():
       return block.apply(v, xs, train=True, mutable=["batch_stats"])
 
   want, want_stats = block.apply(variables, x, train=True, mutable=["batch_stats"])
-  devices = jax.devices()[:8]
-  shards = np.stack(np.split(x, 8, axis=1))  # [8, G, B/8, H, W, C]
-  got, got_stats = jax.pmap(run, axis_name=state_lib.AXIS, devices=devices)(
-      state_lib.replicate(variables, devices), shards)
-  np.testing.assert_allclose(np.concatenate(list(np.asarray(got)), axis=1), want, atol=1e-5)
+  mesh = parallel.global_mesh(jax.devices()[:8])
+  # The group axis first: the batch (axis 1) is what the mesh splits.
+  spec = jax.sharding.PartitionSpec(None, parallel.AXIS)
+  shards = jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+
+  def on_mesh(fn):
+    return parallel.data_parallel(fn, mesh, in_specs=(parallel.REPLICATED, spec),
+                                  out_specs=(spec, parallel.REPLICATED))
+
+  got, got_stats = on_mesh(run)(parallel.replicate(variables, mesh), shards)
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
   for name in ("mean", "var"):
-    np.testing.assert_allclose(np.asarray(got_stats["batch_stats"]["bn"][name])[3],
+    np.testing.assert_allclose(parallel.fetch(got_stats["batch_stats"]["bn"][name]),
                                want_stats["batch_stats"]["bn"][name], rtol=1e-5)
   # Without sync, each device normalises with its own shard's statistics: different.
-  local, _ = jax.pmap(lambda v, xs: block.apply(v, xs, train=True, mutable=["batch_stats"]),
-                      axis_name=state_lib.AXIS, devices=devices)(
-      state_lib.replicate(variables, devices), shards)
-  assert not np.allclose(np.concatenate(list(np.asarray(local)), axis=1), want, atol=1e-3)
+  local, _ = on_mesh(lambda v, xs: block.apply(v, xs, train=True, mutable=["batch_stats"]))(
+      parallel.replicate(variables, mesh), shards)
+  assert not np.allclose(np.asarray(local), want, atol=1e-3)

@@ -60,3 +60,12 @@ def build_layout(root: pathlib.Path, clips: dict[str, int], *, gaps: dict[str, l
 def write_list(path: pathlib.Path, names: list[str]) -> str:
   layout.write_filelist(path, names)
   return str(path)
+
+
+def train_test_layout(root: pathlib.Path) -> dict[str, str]:
+  """build_layout of two training clips (s/a, s/b) and one test clip (t/c), with the
+  file lists under 'train' and 'test'."""
+  roots = build_layout(root, {"s/a": 40, "s/b": 35, "t/c": 30})
+  roots["train"] = write_list(root / "train.txt", ["s/a", "s/b"])
+  roots["test"] = write_list(root / "test.txt", ["t/c"])
+  return roots

@@ -55,3 +55,6 @@ def run_config(cfg: ml_collections.ConfigDict) -> None:
   # Directory of a converted checkpoint (`python -m ip_lap_jax.convert`) to fine-tune from.
   cfg.init_from = ""
   cfg.halt_on_nonfinite = True
+  # Debug record: each process appends the record keys its loaders draw to
+  # <workdir>/served/{train,eval}_process<i>.txt (tests check the per-host data shares).
+  cfg.record_served = False

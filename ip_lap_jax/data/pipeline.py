@@ -6,7 +6,8 @@ seed and its index: worker processes, host count and interruptions do not change
 batches. The loader's iterator state (grain's, JSON) is saved in checkpoints; resuming
 from it continues with exactly the batches an uninterrupted run would have drawn.
 
-Host batches are reshaped to [local_devices, per_device, ...] for pmap and prefetched.
+Each process loads only its rows of every global batch (`StepMajorSampler`); the rows
+become global arrays sharded over the device mesh (`device_batches`), prefetched.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from __future__ import annotations
 import collections
 import logging
 import pathlib
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Iterator, Protocol
 
 import grain.python as grain
 import jax
 import numpy as np
 
+from ip_lap_jax import parallel
 from ip_lap_jax.data import layout
 
 log = logging.getLogger(__name__)
@@ -68,13 +70,16 @@ class IndexedSource(grain.RandomAccessDataSource):
 
   Retries continue the same generator, as the release's `while 1:` loop continues its
   random stream, so a replaced draw is still a function of (seed, i) only.
+  `served_log` (a debug record): a file to which each drawn record's key is appended.
   """
 
-  def __init__(self, sampler: Sampler, num_records: int, seed: int, max_retries: int):
+  def __init__(self, sampler: Sampler, num_records: int, seed: int, max_retries: int,
+               served_log: str | None = None):
     self._sampler = sampler
     self._num_records = int(num_records)
     self._seed = int(seed)
     self._max_retries = int(max_retries)
+    self._served_log = served_log
 
   def __len__(self) -> int:
     return self._num_records
@@ -89,11 +94,16 @@ class IndexedSource(grain.RandomAccessDataSource):
     last = None
     for _ in range(self._max_retries):
       try:
-        return self._sampler.draw(rng)
+        example = self._sampler.draw(rng)
       except SampleError as e:
         last = e
         if not e.quiet:
           log.warning("replacing sample %d: %s", record_key, e)
+        continue
+      if self._served_log:
+        with open(self._served_log, "a", encoding="utf-8") as f:
+          f.write(f"{int(record_key)}\n")
+      return example
     raise RuntimeError(f"no valid sample after {self._max_retries} draws for record "
                        f"{record_key}; last problem: {last}")
 
@@ -146,15 +156,18 @@ class StepMajorSampler:
 
 def make_loader(sampler: Sampler, *, num_steps: int, global_batch: int, seed: int,
                 num_workers: int = 0, worker_buffer_size: int = 2,
-                max_retries: int = 200, first_step: int = 0) -> grain.DataLoader:
+                max_retries: int = 200, first_step: int = 0,
+                served_log: str | pathlib.Path | None = None) -> grain.DataLoader:
   """A grain DataLoader of this host's share of `num_steps` global batches.
 
-  Yields dicts of [global_batch / process_count, ...] numpy arrays.
+  Yields dicts of [global_batch / process_count, ...] numpy arrays. `served_log`: see
+  IndexedSource.
   """
   hosts = jax.process_count()
   order = StepMajorSampler(num_steps, global_batch, jax.process_index(), hosts, first_step,
                            num_workers)
-  source = IndexedSource(sampler, num_steps * global_batch, seed, max_retries)
+  source = IndexedSource(sampler, num_steps * global_batch, seed, max_retries,
+                         str(served_log) if served_log else None)
   return grain.DataLoader(
       data_source=source,
       sampler=order,
@@ -165,28 +178,18 @@ def make_loader(sampler: Sampler, *, num_steps: int, global_batch: int, seed: in
   )
 
 
-def shard_for_pmap(batch: Mapping[str, np.ndarray], num_devices: int) -> dict[str, np.ndarray]:
-  """[n * per_device, ...] -> [n, per_device, ...] for every array."""
-  def reshape(x: np.ndarray) -> np.ndarray:
-    if x.shape[0] % num_devices:
-      raise ValueError(f"batch of {x.shape[0]} not divisible by {num_devices} devices")
-    return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
-  return {k: reshape(np.asarray(v)) for k, v in batch.items()}
-
-
-def device_batches(loader_iter: Any, devices: list[Any], prefetch: int = 2
+def device_batches(loader_iter: Any, mesh: jax.sharding.Mesh, prefetch: int = 2
                    ) -> Iterator[tuple[bytes, dict[str, jax.Array]]]:
-  """(iterator state after this batch, sharded batch on `devices`), `prefetch` batches ahead.
+  """(iterator state after this batch, global batch sharded over `mesh`), `prefetch`
+  batches ahead. `loader_iter` yields this process's rows (`parallel.shard_batch`).
 
   The state travels with its batch so that a checkpoint taken after consuming a batch
   records where the loader stood then, not where prefetching has taken it.
   """
-  mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
   queue: collections.deque = collections.deque()
   for batch in loader_iter:
     state = loader_iter.get_state()
-    queue.append((state, jax.device_put(shard_for_pmap(batch, len(devices)), sharding)))
+    queue.append((state, parallel.shard_batch(batch, mesh)))
     if len(queue) > max(prefetch, 0):
       yield queue.popleft()
   while queue:

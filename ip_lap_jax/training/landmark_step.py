@@ -1,6 +1,6 @@
-"""Landmark generator: model from config, state init, pmapped train and eval steps.
+"""Landmark generator: model from config, state init, per-device train and eval steps.
 
-Batch (per device, inside pmap): mels [b, T, 80, 16, 1], pose [b, T, 74, 2],
+Batch (per device, inside the data-parallel step): mels [b, T, 80, 16, 1], pose [b, T, 74, 2],
 content [b, T, 57, 2], ref_pose [b, Nl, 74, 2], ref_content [b, Nl, 57, 2].
 Loss = L1 + velocity (REFERENCE s. 6), computed on each device's share; gradients,
 metrics (and synchronised BatchNorm statistics) are averaged over the devices, so with
@@ -10,7 +10,7 @@ equal shares the update equals a single-device step on the global batch.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from ip_lap_jax import parallel
 from ip_lap_jax.training import losses
 from ip_lap_jax.models import registry
 from ip_lap_jax.models.landmark_generator import LandmarkGenerator
@@ -55,7 +56,7 @@ def init_state(cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation,
 def train_step(state: state_lib.State, batch: dict[str, jax.Array], *, model: LandmarkGenerator,
                tx: optax.GradientTransformation, schedule: optax.Schedule, bn_mode: str
                ) -> tuple[state_lib.State, dict[str, jax.Array]]:
-  """One Adam step on this device's share; call under pmap(axis_name='batch')."""
+  """One Adam step on this device's share; run with `parallel.data_parallel`."""
   dropout_rng = state_lib.step_rng(state)
 
   def loss_fn(params):
@@ -90,11 +91,18 @@ def eval_step(state: state_lib.State, batch: dict[str, jax.Array], *, model: Lan
 
 
 def make_steps(cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, devices: list[Any]):
-  """(p_train_step, p_eval_step) pmapped over `devices`; the train step donates the state."""
+               schedule: optax.Schedule, mesh: jax.sharding.Mesh
+               ) -> tuple[Callable[..., Any], Callable[..., Any]]:
+  """(train step, eval step) over `mesh`; the train step donates the state.
+
+  train(state, batch) -> (state, metrics); eval(state, batch) -> metrics. State and
+  metrics are replicated, batches sharded over the mesh's axis.
+  """
   model = make_model(cfg)
-  p_train = jax.pmap(
+  rep, shard = parallel.REPLICATED, parallel.SHARDED
+  train = parallel.data_parallel(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule, bn_mode=cfg.batchnorm),
-      axis_name=AXIS, donate_argnums=(0,), devices=devices)
-  p_eval = jax.pmap(functools.partial(eval_step, model=model), axis_name=AXIS, devices=devices)
-  return p_train, p_eval
+      mesh, in_specs=(rep, shard), out_specs=(rep, rep), donate_argnums=0)
+  evaluate = parallel.data_parallel(functools.partial(eval_step, model=model), mesh,
+                                    in_specs=(rep, shard), out_specs=rep)
+  return train, evaluate

@@ -214,19 +214,28 @@ def discriminator_loss(fake_outputs: DiscOutputs, real_outputs: DiscOutputs) -> 
   return 0.5 * (lsgan_loss(fake_outputs, False) + lsgan_loss(real_outputs, True))
 
 
-def renderer_generator_loss(warp_loss: Array, gen_loss: Array, gan_loss: Array,
-                            fm_loss: Array, epoch: int | Array,
-                            gan_start_epoch: int = GAN_START_EPOCH) -> Array:
-  """Renderer loss: 2.5*warp while epoch <= gan_start_epoch (release: 25), else
-  2.5*warp + 4*gen + 0.25*GAN + FM.
+def renderer_phase_loss(warp_loss: Array, gen_loss: Array, gan_loss: Array, fm_loss: Array,
+                        gan_phase: bool) -> Array:
+  """Renderer loss of a known phase: 2.5*warp (warp-only phase) or
+  2.5*warp + 4*gen + 0.25*GAN + FM (GAN phase); scalars in, scalar out.
 
   Args:
     warp_loss: perceptual(warped reference, gt), no style.
     gen_loss: perceptual(generated, gt) with style.
     gan_loss: lsgan_loss(D(generated), True).
     fm_loss: feature_matching_loss(D(generated), D(gt)).
-    epoch: the epoch counter (from 0); may be traced.
+    gan_phase: a Python bool (the train step is compiled once per phase).
   """
-  full = 2.5 * warp_loss + 4.0 * gen_loss + 0.1 * 2.5 * gan_loss + fm_loss
-  warp_only = 2.5 * warp_loss
-  return jnp.where(jnp.asarray(epoch) > gan_start_epoch, full, warp_only)
+  if gan_phase:
+    return 2.5 * warp_loss + 4.0 * gen_loss + 0.1 * 2.5 * gan_loss + fm_loss
+  return 2.5 * warp_loss
+
+
+def renderer_generator_loss(warp_loss: Array, gen_loss: Array, gan_loss: Array,
+                            fm_loss: Array, epoch: int | Array,
+                            gan_start_epoch: int = GAN_START_EPOCH) -> Array:
+  """`renderer_phase_loss` with the release's phase rule: the GAN phase starts once
+  epoch > gan_start_epoch (release: 25). `epoch` counts from 0 and may be traced."""
+  terms = (warp_loss, gen_loss, gan_loss, fm_loss)
+  return jnp.where(jnp.asarray(epoch) > gan_start_epoch, renderer_phase_loss(*terms, True),
+                   renderer_phase_loss(*terms, False))

@@ -1,6 +1,6 @@
-"""Renderer + discriminator: models from config, state init, pmapped train/eval steps.
+"""Renderer + discriminator: models from config, state init, per-device train/eval steps.
 
-Batch (per device, inside pmap): face [b, 128, 128, 3] uint8 (target, centre frame),
+Batch (per device, inside the data-parallel step): face [b, 128, 128, 3] uint8 (target, centre frame),
 sketches [b, 5, 128, 128, 3] uint8, ref_images / ref_sketches [b, N, 128, 128, 3] uint8,
 mels [b, 80, 16, 1] float32. Images are divided by 255 on the device.
 
@@ -12,18 +12,19 @@ J = G loss + D loss: dJ/dG = dG_loss/dG (the D loss sees a detached image), and
 dJ/dD = dD_loss/dD + dG_loss/dD, which is what the release's discriminator step uses
 because it never zeroes D's gradients after the generator's backward pass
 (`loss.disc_grad_includes_gen_loss`; False stops that term).
-The phase is a static argument: the host picks the compiled step by epoch.
+The phase is a static argument (`gan_phase`): one compiled step per phase; the stage
+picks it by epoch.
 
 Evaluation with FID (config.fid_inception_from): the eval step also runs the FID
 Inception on the ground-truth and generated images and gathers the features of the whole
-global batch onto every device; the host computes the FID of each eval batch from them
+global batch (all processes) onto every device; the host computes the FID of each eval batch from them
 (`metrics.fid`, float64), as the release calls piq per eval batch.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from ip_lap_jax import parallel
 from ip_lap_jax.training import losses
 from ip_lap_jax.models import registry
 from ip_lap_jax.models.discriminator import MultiscaleDiscriminator
@@ -93,7 +95,7 @@ def train_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: di
                cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation,
                disc_tx: optax.GradientTransformation, schedule: optax.Schedule,
                gan_phase: bool) -> tuple[state_lib.State, dict[str, jax.Array]]:
-  """One generator and one discriminator update; call under pmap(axis_name='batch')."""
+  """One generator and one discriminator update; run with `parallel.data_parallel`."""
   renderer, disc = make_models(cfg)
   face, sketches, ref_images, ref_sketches, mels = _inputs(batch)
   quirk = cfg.loss.disc_grad_includes_gen_loss
@@ -113,14 +115,11 @@ def train_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: di
       fake_out = disc.apply({"params": g_disc_params}, generated)
       gan_loss = losses.lsgan_loss(fake_out, True)
       fm_loss = losses.feature_matching_loss(fake_out, real_out)
-      epoch = cfg.loss.gan_start_epoch + 1  # the host already decided the phase
     else:
       # Logged only, as the release's 0 * perceptual_gen_loss.
       gen_loss = jax.lax.stop_gradient(gen_loss)
       gan_loss = fm_loss = jnp.zeros((), jnp.float32)
-      epoch = 0
-    g_loss = losses.renderer_generator_loss(warp_loss, gen_loss, gan_loss, fm_loss, epoch,
-                                            gan_start_epoch=cfg.loss.gan_start_epoch)
+    g_loss = losses.renderer_phase_loss(warp_loss, gen_loss, gan_loss, fm_loss, gan_phase)
     aux = {"g_loss": g_loss, "d_loss": d_loss, "warp_loss": warp_loss, "gen_loss": gen_loss,
            "gan_loss": gan_loss, "fm_loss": fm_loss}
     return g_loss + d_loss, (aux, updates["batch_stats"])
@@ -173,17 +172,23 @@ def eval_step(state: state_lib.State, batch: dict[str, jax.Array], vgg_vars: dic
   return jax.lax.pmean(metrics, AXIS), images, features
 
 
-def make_steps(cfg: ml_collections.ConfigDict, tx, disc_tx, schedule, devices: list[Any]):
-  """(train steps {False: warp-only, True: full loss}, eval step), pmapped over devices.
+def make_steps(cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+               disc_tx: optax.GradientTransformation, schedule: optax.Schedule,
+               mesh: jax.sharding.Mesh
+               ) -> tuple[dict[bool, Callable[..., Any]], Callable[..., Any]]:
+  """(train steps {False: warp-only, True: full loss}, eval step) over `mesh`.
 
-  The eval step takes (state, batch, VGG19 variables, replicated FID Inception variables
-  or None).
+  train[phase](state, batch, VGG19 variables) -> (state, metrics), donating the state;
+  eval(state, batch, VGG19 variables, FID Inception variables or None) ->
+  (metrics, images sharded like the batch, FID features). Variables are replicated.
   """
-  train = {phase: jax.pmap(
+  rep, shard = parallel.REPLICATED, parallel.SHARDED
+  train = {phase: parallel.data_parallel(
       functools.partial(train_step, cfg=cfg, tx=tx, disc_tx=disc_tx, schedule=schedule,
                         gan_phase=phase),
-      axis_name=AXIS, donate_argnums=(0,), in_axes=(0, 0, None), devices=devices)
+      mesh, in_specs=(rep, shard, rep), out_specs=(rep, rep), donate_argnums=0)
       for phase in (False, True)}
-  p_eval = jax.pmap(functools.partial(eval_step, cfg=cfg), axis_name=AXIS,
-                    in_axes=(0, 0, None, 0), devices=devices)
-  return train, p_eval
+  evaluate = parallel.data_parallel(functools.partial(eval_step, cfg=cfg), mesh,
+                                    in_specs=(rep, shard, rep, rep),
+                                    out_specs=(rep, shard, rep))
+  return train, evaluate

@@ -3,7 +3,8 @@
 The train state is a plain dict pytree (so orbax saves and restores it as is):
   step: int32 [], params, batch_stats, opt_state, rng: uint32 [2],
   and for the renderer also disc_params, disc_opt_state.
-Inside pmap every leaf is replicated; checkpoints hold the unreplicated copy.
+On the mesh (ip_lap_jax.parallel) every leaf is a replicated global array; per-device
+step functions see the whole state.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
-AXIS = "batch"
+from ip_lap_jax import parallel
+
+AXIS = parallel.AXIS
 State = dict[str, Any]
 
 
@@ -93,8 +95,9 @@ def batchnorm_mode(mode: str) -> Iterator[None]:
 def reduce_batch_stats(batch_stats: Any, mode: str) -> Any:
   """Makes the new running statistics identical on all devices.
 
-  per_device: device 0's, as torch.nn.DataParallel keeps only the primary replica's
-  buffers; sync: already identical (pmean only guards against rounding drift).
+  per_device: global device 0's (process 0's first device), as torch.nn.DataParallel
+  keeps only the primary replica's buffers; sync: statistics already averaged over every
+  global device (the pmean only guards against rounding drift).
   """
   if mode == "sync":
     return jax.lax.pmean(batch_stats, AXIS)
@@ -104,24 +107,7 @@ def reduce_batch_stats(batch_stats: Any, mode: str) -> Any:
 
 
 def step_rng(state: State) -> jax.Array:
-  """Per-step, per-device key: fold_in(fold_in(rng, step), device index)."""
+  """Per-step, per-device key: fold_in(fold_in(rng, step), global device index), so the
+  dropout masks differ on every device of every process."""
   rng = jax.random.fold_in(state["rng"], state["step"])
   return jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
-
-
-def leading_axis_sharding(devices: list[Any]) -> jax.sharding.NamedSharding:
-  """Shards an array's leading axis over `devices` (pmap's input layout)."""
-  mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
-
-
-def replicate(tree: Any, devices: list[Any]) -> Any:
-  """Every leaf stacked len(devices) times on a new leading axis, one copy per device."""
-  n = len(devices)
-  stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), tree)
-  return jax.device_put(stacked, leading_axis_sharding(devices))
-
-
-def unreplicate(tree: Any) -> Any:
-  """First replica of every leaf, fetched to host numpy."""
-  return jax.tree.map(lambda x: jax.device_get(x[0]), tree)
