@@ -5,7 +5,7 @@ uniformly; its length is its number of landmark files, frames are addressed by n
 (`<n>.npy`). A window of T consecutive frames starts uniformly in [2, len - T - 2]; Nl
 distinct reference frames are drawn from the other frames of [0, len). A draw whose
 window or references hit a missing file (a faceless frame left a gap in the numbering)
-is replaced, as is one whose mel windows (REFERENCE s. 2) leave the audio.
+is replaced, as is one whose mel windows leave the audio.
 
 Example (float32): mels [T, 80, 16, 1], pose [T, 74, 2], content [T, 57, 2],
 ref_pose [Nl, 74, 2], ref_content [Nl, 57, 2]; last axis (x, y).

@@ -1,4 +1,4 @@
-"""The release's on-disk dataset layout: readers and writers (REFERENCE section 3).
+"""The release's on-disk dataset layout: readers and writers (the release's `preprocess_video.py`).
 
 A clip is named `speaker/clip` (LRS2: `main/<speaker>/<clip>.mp4`). For each clip:
 

@@ -3,7 +3,7 @@
 A clip with >= `min_len` face images is picked uniformly; len = its number of images.
 A window of 5 frames (by number) starts uniformly in [0, len - 5]; N reference images
 are drawn without replacement from the clip's existing images. The target is the
-window's centre frame, and the mel window is the centre frame's (REFERENCE s. 2). A
+window's centre frame, and the mel window is the centre frame's (Wav2Lip's rule). A
 draw touching a missing face or sketch image, or a mel window outside the audio, is
 replaced.
 

@@ -1,6 +1,6 @@
 """The inference API: `LipSyncer(checkpoint, InferenceOptions(...)).run(template, audio, output)`.
 
-The algorithm is the release's `inference_single.py` (REFERENCE section 7):
+The algorithm is the release's `inference_single.py`:
 1. template frames at 25 fps; Face Mesh on each; face box padded by 25 px; landmarks
    normalised to the integer pixel box; lip openness (points 0-17) (`face_track`);
 2. speech -> 16 kHz -> mel -> chunks; frame j of the output uses chunk max(0, j - 2);

@@ -2,7 +2,7 @@
 
 Batch (per device, inside the data-parallel step): mels [b, T, 80, 16, 1], pose [b, T, 74, 2],
 content [b, T, 57, 2], ref_pose [b, Nl, 74, 2], ref_content [b, Nl, 57, 2].
-Loss = L1 + velocity (REFERENCE s. 6), computed on each device's share; gradients,
+Loss = L1 + velocity (the release's `train_landmarks_generator.py`), computed on each device's share; gradients,
 metrics (and synchronised BatchNorm statistics) are averaged over the devices, so with
 equal shares the update equals a single-device step on the global batch.
 """

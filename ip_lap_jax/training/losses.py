@@ -1,4 +1,4 @@
-"""Training losses of the release, in JAX (REFERENCE section 6).
+"""Training losses of the release, in JAX (the release's training scripts).
 
 - `landmark_loss`: L1 + velocity loss of train_landmarks_generator.py.
 - `perceptual_loss`: the renderer's VGG19 L1 perceptual loss (2 scales) with the Gram
