@@ -62,9 +62,26 @@ def silence_runs(checkpoint, media, speech_with_gap, work):  # noqa: F811
   for mode in ("closed", "model"):
     out = work / f"silence_{mode}.mp4"
     options = _options(work, silence=silence.SilenceOptions(mode=mode))
-    result = inference.LipSyncer(checkpoint, options).run(template.path, speech_with_gap, out)
-    runs[mode] = (result, video.read_frames(out))
+    with pytest.MonkeyPatch.context() as patch:
+      written = _record_written_frames(patch)
+      result = inference.LipSyncer(checkpoint, options).run(template.path, speech_with_gap, out)
+    runs[mode] = (result, written)
   return template, runs
+
+
+def _record_written_frames(patch: pytest.MonkeyPatch) -> list[np.ndarray]:
+  """Frames as handed to the encoder: H.264's lookahead and inter prediction spread a
+  change in some frames over their neighbours, so encoded frames cannot show which
+  frames the pipeline left alone."""
+  written: list[np.ndarray] = []
+
+  class Recorder(video.VideoWriter):
+    def write(self, frame_bgr: np.ndarray) -> None:
+      written.append(np.array(frame_bgr))
+      super().write(frame_bgr)
+
+  patch.setattr(video, "VideoWriter", Recorder)
+  return written
 
 
 def _closed_reference_openness(template: pathlib.Path, work: pathlib.Path) -> float:
@@ -107,19 +124,19 @@ def test_mouth_closes_in_silence_and_nothing_else_changes(silence_runs, work):
   np.testing.assert_array_equal(closed.landmarks[speaking], model.landmarks[speaking])
   assert not np.array_equal(closed.landmarks[inside], model.landmarks[inside])
 
-  # Frames whose window (positions j-2..j+2) does not touch a closing weight are the same
-  # up to H.264 noise; frames in the gap are not.
+  # Frames whose window (positions j-2..j+2) does not touch a closing weight are the
+  # same; frames in the gap are not.
   def untouched(j: int) -> bool:
     k = max(j - CENTRE, 0)
     return bool(speaking[np.minimum(schedule.window_positions(k), num_out - 1)].all())
 
-  diff = np.array([np.abs(a.astype(int) - b).mean()
-                   for a, b in zip(closed_frames, model_frames)])
+  assert len(closed_frames) == len(model_frames) == num_out
+  diff = np.array([np.abs(a.astype(int) - b).max() for a, b in zip(closed_frames, model_frames)])
   same = np.array([untouched(j) for j in range(num_out)])
-  print("frame diff: untouched max", diff[same].max(), "gap min", diff[inside].min())
+  print("frame max diff: untouched", diff[same].max(), "gap min", diff[inside].min())
   assert same.sum() > num_out / 3
-  assert diff[same].max() < 0.5
-  assert diff[inside].min() > 4 * max(diff[same].max(), 0.05)
+  assert diff[same].max() <= 1  # (a uint8 truncation may flip)
+  assert diff[inside].min() > 10
 
 
 def test_silence_options_from_the_command_line():
