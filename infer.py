@@ -2,8 +2,10 @@
 
 Example (checkpoints from `python -m ip_lap_jax.convert` or `python -m ip_lap_jax.export`):
   python infer.py --template face.mp4 --audio speech.wav --checkpoint ckpt/ --output out.mp4
+  python infer.py --jobs pairs.csv --checkpoint ckpt/   # rows: template,audio,output
 
-The library call behind it is `ip_lap_jax.inference.LipSyncer(ckpt, options).run(...)`.
+The library calls behind it are `ip_lap_jax.inference.LipSyncer(ckpt, options).run(...)`
+and `.run_many(jobs)`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import sys
 
 from ip_lap_jax import inference
+from ip_lap_jax.inference import jobs as jobs_lib
 from ip_lap_jax.errors import MediaError
 
 _EPILOG = """\
@@ -28,6 +31,10 @@ Every model is rebuilt from its own model.json, so any exported variant works (a
 landmark generator, a no_warp or no_audio renderer, a renderer trained at another image
 size, which then renders at that size), also mixed with official ones.
 
+many clips: --jobs FILE.csv holds one `template,audio,output` row per clip (an optional
+header row; paths relative to the CSV's folder). Models load and compile once; a row
+that fails is reported and skipped; the exit status is 1 when any row failed.
+
 watermark: every output carries an invisible watermark in its frames and a tag in the
 container metadata; check it with `python -m ip_lap_jax.watermark detect OUT.mp4`.
 --no-watermark turns both off.
@@ -36,13 +43,33 @@ container metadata; check it with `python -m ip_lap_jax.watermark detect OUT.mp4
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   defaults = inference.InferenceOptions()
+  quiet = defaults.silence
   p = argparse.ArgumentParser(
       prog="infer.py", description="Template video/photo + speech -> lip-synced mp4 (25 fps).",
       epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--template", required=True, help="template video or a single photo")
-  p.add_argument("--audio", required=True, help="speech: any audio file or a video's audio track")
+  p.add_argument("--template", help="template video or a single photo")
+  p.add_argument("--audio", help="speech: any audio file or a video's audio track")
   p.add_argument("--checkpoint", required=True, help="checkpoint directory (layout below)")
-  p.add_argument("--output", required=True, help="output .mp4")
+  p.add_argument("--output", help="output .mp4")
+  p.add_argument("--jobs", help="CSV of template,audio,output rows: many clips in one call "
+                                "(instead of --template/--audio/--output)")
+  p.add_argument("--face", default=defaults.face,
+                 help="which face speaks when there are several: largest (default), center, "
+                      "K (the K-th from the left, from 0) or a pixel box x,y,w,h; it is "
+                      "followed from frame to frame")
+  p.add_argument("--silence", choices=("closed", "model"), default=quiet.mode,
+                 help="closed (default): the mouth closes where the speech is silent; "
+                      "model: the model's own landmarks everywhere (the release)")
+  p.add_argument("--vad-aggressiveness", type=int, choices=(0, 1, 2, 3),
+                 default=quiet.aggressiveness,
+                 help="WebRTC VAD mode, 0 (most kept as speech) to 3 (default %(default)s)")
+  p.add_argument("--min-silence", type=float, default=quiet.min_silence_s,
+                 help="shortest pause, in seconds, in which the mouth closes "
+                      "(default %(default)s)")
+  p.add_argument("--silence-hangover", type=float, default=quiet.hangover_s,
+                 help="seconds of speech kept around voiced audio (default %(default)s)")
+  p.add_argument("--silence-ramp", type=int, default=quiet.ramp_frames,
+                 help="frames over which the mouth closes and reopens (default %(default)s)")
   p.add_argument("--num-refs", type=int, default=defaults.num_refs,
                  help="reference images N (default %(default)s)")
   p.add_argument("--num-landmark-refs", type=int, default=defaults.num_landmark_refs,
@@ -67,7 +94,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.add_argument("--render-size", type=int, default=defaults.render_size,
                  help=argparse.SUPPRESS)  # tests only: see InferenceOptions.render_size
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  single = (args.template, args.audio, args.output)
+  if args.jobs is None and not all(single):
+    p.error("give --template, --audio and --output, or --jobs")
+  if args.jobs is not None and any(single):
+    p.error("--jobs replaces --template, --audio and --output")
+  return args
 
 
 def options_from_args(args: argparse.Namespace) -> inference.InferenceOptions:
@@ -77,12 +110,18 @@ def options_from_args(args: argparse.Namespace) -> inference.InferenceOptions:
       debug_sketch=args.debug_sketch, audio_track=args.audio_track,
       watermark=not args.no_watermark, cache_dir=args.cache_dir,
       progress=not args.no_progress, small_faces=args.small_faces,
-      render_size=args.render_size)
+      render_size=args.render_size, face=args.face,
+      silence=inference.SilenceOptions(
+          mode=args.silence, aggressiveness=args.vad_aggressiveness,
+          min_silence_s=args.min_silence, hangover_s=args.silence_hangover,
+          ramp_frames=args.silence_ramp))
 
 
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+  if args.jobs is not None:
+    return _main_jobs(args)
   try:
     options = options_from_args(args)
     inference.LipSyncer.check_inputs(args.template, args.audio)  # media errors first
@@ -95,6 +134,19 @@ def main(argv: list[str] | None = None) -> int:
         f"({result.frames_per_second:.2f} frames/s; {result.passthrough_frames} without a face "
         "passed through)")
   return 0
+
+
+def _main_jobs(args: argparse.Namespace) -> int:
+  """--jobs: every row, then the summary; 2 if nothing could start, 1 if a row failed."""
+  try:
+    jobs = inference.read_jobs(args.jobs)
+    syncer = inference.LipSyncer(args.checkpoint, options_from_args(args))
+  except (OSError, inference.CheckpointError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  outcomes = syncer.run_many(jobs)
+  print(jobs_lib.summary(outcomes))
+  return 0 if all(o.ok for o in outcomes) else 1
 
 
 if __name__ == "__main__":

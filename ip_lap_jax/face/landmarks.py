@@ -350,6 +350,10 @@ class FaceMeshDetector:
   again, and the points are mapped back to full-frame coordinates. Frames where the
   first pass succeeds are unaffected, so the setting never changes existing results.
 
+  With `max_num_faces` > 1, `detect_all` returns every face found (up to that many);
+  the face Face Mesh puts first is the same as with one face, with the same points (the
+  landmark model runs on each detected face's own region), so `detect` is unchanged.
+
   Use as a context manager or call `close()`; one instance per process (MediaPipe
   graphs are not shared across processes).
   """
@@ -383,13 +387,15 @@ class FaceMeshDetector:
         graph.close()
     self._mesh = self._full_range = None
 
-  def _mesh_points(self, rgb: np.ndarray) -> np.ndarray | None:
+  def _mesh_faces(self, rgb: np.ndarray) -> list[np.ndarray]:
     if self._mesh is None:
       raise RuntimeError("FaceMeshDetector is closed")
     result = self._mesh.process(rgb)
-    if not result.multi_face_landmarks:
-      return None
-    return _landmarks_to_array(result.multi_face_landmarks[0])
+    return [_landmarks_to_array(face) for face in result.multi_face_landmarks or ()]
+
+  def _mesh_points(self, rgb: np.ndarray) -> np.ndarray | None:
+    faces = self._mesh_faces(rgb)
+    return faces[0] if faces else None
 
   def detect(self, frame_bgr: np.ndarray) -> np.ndarray | None:
     """Face Mesh on one frame.
@@ -422,6 +428,25 @@ class FaceMeshDetector:
     if points is None and self._full_range is not None:
       points = self._detect_small(frame_rgb)
     return points
+
+  def detect_all(self, frame_bgr: np.ndarray) -> list[np.ndarray]:
+    """Every face of one frame (at most `max_num_faces`): a list of [478, 2] float64
+    (x, y) normalised to the full frame, empty if none. BGR input, as `detect`."""
+    array_checks.assert_rank(frame_bgr, 3)
+    array_checks.assert_axis_dimension(frame_bgr, 2, 3)
+    return self.detect_all_rgb(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
+
+  def detect_all_rgb(self, frame_rgb: np.ndarray) -> list[np.ndarray]:
+    """`detect_all` for an RGB frame. The small-face second chance (when enabled and no
+    face was found) adds at most one face."""
+    array_checks.assert_rank(frame_rgb, 3)
+    array_checks.assert_axis_dimension(frame_rgb, 2, 3)
+    frame_rgb = np.ascontiguousarray(frame_rgb)
+    faces = self._mesh_faces(frame_rgb)
+    if not faces and self._full_range is not None:
+      small = self._detect_small(frame_rgb)
+      faces = [] if small is None else [small]
+    return faces
 
   def _detect_small(self, rgb: np.ndarray) -> np.ndarray | None:
     detections = self._full_range.process(rgb).detections

@@ -12,6 +12,14 @@ The algorithm is the release's `inference_single.py`:
    centre frame k+2, pasted into its frame with a feathered mask (`ip_lap_jax.face.paste`);
    the first window's frame is written 3 times (`pipeline`).
 
+Additions for real footage (each off or neutral where the release's behaviour is wanted):
+- Silence (`silence`): where the speech is silent, each predicted window frame's
+  content moves toward the most closed landmark reference by its output frame's closing
+  weight (`--silence model`: the model's raw output, as the release).
+- Several faces (`face_track`, `face.selection`): the face `face` chooses is followed
+  from frame to frame; frames where it is lost pass through unchanged.
+- Many clips (`run_many`, `jobs`): one loaded and compiled model set for all of them.
+
 Deviations, each for a stated reason:
 - Output length: the release writes one frame per mel chunk, about 0.15 s shorter than
   the audio. Here the video has round(duration * 25) frames, so its duration equals the
@@ -40,13 +48,17 @@ import dataclasses
 import logging
 import os
 import time
+from typing import Sequence
 
 import jax
 import numpy as np
 
 from ip_lap_jax.errors import MediaError, require_file
 from ip_lap_jax.face import landmarks
-from ip_lap_jax.inference import face_track, pipeline, predictor, schedule
+from ip_lap_jax.face.selection import FaceChoice
+from ip_lap_jax.inference import face_track, jobs as jobs_lib, pipeline, predictor, schedule
+from ip_lap_jax.inference import silence
+from ip_lap_jax.inference.silence import SilenceOptions
 from ip_lap_jax.inference.frames import FrameReader
 from ip_lap_jax.media import audio as audio_lib
 from ip_lap_jax.media import video
@@ -79,6 +91,11 @@ class InferenceOptions:
       smaller sizes run (meaningless output with trained weights) and keep pipeline
       tests cheap on a CPU.
     reverse_block_mib: memory bound for playing the template backwards.
+    silence: how silent spans of the speech are found and handled (`silence.
+      SilenceOptions`: mode 'closed' (default) or 'model', VAD aggressiveness, minimum
+      silence, hangover, ramp).
+    face: which face speaks when a frame has several: 'largest' (default), 'center',
+      'K' (the K-th from the left, from 0) or 'x,y,w,h' (`face.selection.FaceChoice`).
   """
   num_refs: int = 25
   num_landmark_refs: int = 15
@@ -93,6 +110,8 @@ class InferenceOptions:
   small_faces: bool = False
   render_size: int | None = None
   reverse_block_mib: int = 256
+  silence: SilenceOptions = SilenceOptions()
+  face: str = "largest"
 
   def __post_init__(self):
     if self.dtype not in ("float32", "bfloat16"):
@@ -104,6 +123,11 @@ class InferenceOptions:
         raise ValueError(f"{name} must be >= 1")
     if self.face_pad < 0:
       raise ValueError("face_pad must be >= 0")
+    FaceChoice.parse(self.face)  # raises on a bad `face` now, not after loading models
+
+  @property
+  def face_choice(self) -> FaceChoice:
+    return FaceChoice.parse(self.face)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +144,10 @@ class InferenceResult:
     detection_cached: the template's Face Mesh results came from the disk cache.
     render_size: side of the faces the renderer rendered.
     seconds: wall time of the run; frames_per_second: num_frames / seconds.
+    landmarks: [num_frames, 57, 2] float32, the content landmarks (box-normalised) each
+      output frame was drawn from: the centre frame of its window, after the silence
+      blend; NaN rows for frames passed through.
+    silent: [num_frames] bool, frames in a silent span (all False with 'model').
   """
   output: str
   num_frames: int
@@ -130,6 +158,8 @@ class InferenceResult:
   render_size: int
   seconds: float
   frames_per_second: float
+  landmarks: np.ndarray = dataclasses.field(default=None, repr=False, compare=False)
+  silent: np.ndarray = dataclasses.field(default=None, repr=False, compare=False)
 
 
 class LipSyncer:
@@ -192,18 +222,51 @@ class LipSyncer:
   def run(self, template: str | os.PathLike[str], audio: str | os.PathLike[str],
           output: str | os.PathLike[str]) -> InferenceResult:
     """Writes the lip-synced video to `output` (mp4)."""
+    return self._run(template, audio, output, progress=self.options.progress)
+
+  def run_many(self, jobs: Sequence[jobs_lib.Job | Sequence[str | os.PathLike[str]]]
+               ) -> list[jobs_lib.JobOutcome]:
+    """Runs every job (`Job`s or (template, audio, output) triples) in order.
+
+    The models are loaded and compiled once (this syncer's); a template used by several
+    jobs is detected once (the detection cache). A job that fails is logged with its
+    reason and skipped; the others still run. One progress bar counts the clips.
+
+    Returns:
+      one `JobOutcome` per job, in order (`jobs.summary` words them).
+    """
+    from tqdm import tqdm
+
+    todo = jobs_lib.as_jobs(jobs)
+    outcomes = []
+    with tqdm(total=len(todo), unit="clip", desc="lip sync",
+              disable=not self.options.progress) as bar:
+      for job in todo:
+        bar.set_postfix_str(os.path.basename(job.output))
+        try:
+          outcomes.append(jobs_lib.JobOutcome(job, result=self._run(
+              job.template, job.audio, job.output, progress=False)))
+        except Exception as e:  # pylint: disable=broad-except  # reported, then skipped
+          logger.error("%s: skipped: %s", job.output, e)
+          outcomes.append(jobs_lib.JobOutcome(job, error=str(e) or type(e).__name__))
+        bar.update(1)
+    return outcomes
+
+  def _run(self, template: str | os.PathLike[str], audio: str | os.PathLike[str],
+           output: str | os.PathLike[str], progress: bool) -> InferenceResult:
     start = time.perf_counter()
     opts = self.options
     template, audio, output = os.fspath(template), os.fspath(audio), os.fspath(output)
     info, wav = self.check_inputs(template, audio)
     mel_chunks = audio_lib.inference_mel_chunks(audio_lib.melspectrogram(wav))
     num_out = schedule.output_frame_count(wav.size)
+    silent, closing = self._silence(wav, num_out)
 
     # On an error before `.result()` the compile thread finishes on its own (daemon): the
     # error is reported at once, and a later run finds the executables cached.
     compiling = pipeline.run_in_thread(self.compile, "ip_lap_jax-compile")
     track, cached = face_track.detect_template(template, small_faces=opts.small_faces,
-                                               cache_dir=opts.cache_dir)
+                                               cache_dir=opts.cache_dir, face=opts.face_choice)
     geometry = face_track.frame_geometry(track, opts.face_pad)
     if not geometry.usable.any():
       raise MediaError(template, f"no face found in any of its {track.num_frames} frames")
@@ -215,15 +278,17 @@ class LipSyncer:
 
     plan = pipeline.Plan(track=track, geometry=geometry,
                          fill=schedule.nearest_valid(geometry.usable),
-                         mel_chunks=mel_chunks, num_out=num_out)
+                         mel_chunks=mel_chunks, num_out=num_out, closing=closing)
     target = pipeline.Output(path=output, audio_path=self._audio_track(template, audio, info),
                              metadata=self._metadata(), watermark=opts.watermark,
-                             debug_sketch=opts.debug_sketch, progress=opts.progress)
+                             debug_sketch=opts.debug_sketch, progress=progress)
+    content = np.full((num_out, landmarks.NUM_CONTENT, 2), np.nan, np.float32)
     with FrameReader(template, track.num_frames,
                      frame_bytes=track.frame_hw[0] * track.frame_hw[1] * 3,
                      budget_bytes=opts.reverse_block_mib << 20) as reader:
       refs = pipeline.prepare_references(plan, reader, self.predictor)
-      passthrough = pipeline.run_pipeline(plan, reader, compiled, refs, target)
+      passthrough = pipeline.run_pipeline(plan, reader, compiled, refs, target,
+                                          landmarks_out=content)
     seconds = time.perf_counter() - start
     if passthrough:
       logger.warning("%d of %d output frames had no face and were written unchanged",
@@ -231,7 +296,16 @@ class LipSyncer:
     return InferenceResult(output=output, num_frames=num_out, passthrough_frames=passthrough,
                            template_frames=track.num_frames, faceless_template_frames=faceless,
                            detection_cached=cached, render_size=self.render_size,
-                           seconds=seconds, frames_per_second=num_out / seconds)
+                           seconds=seconds, frames_per_second=num_out / seconds,
+                           landmarks=content, silent=silent)
+
+  def _silence(self, wav: np.ndarray, num_out: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(silent [num_out] bool, closing weights [num_out] or None for 'model')."""
+    opts = self.options.silence
+    if opts.mode == "model":
+      return np.zeros(num_out, bool), None
+    silent = silence.silent_frames(wav, num_out, opts)
+    return silent, silence.closing_weights(silent, opts.ramp_frames)
 
   def _audio_track(self, template: str, audio: str, info: video.VideoInfo) -> str | None:
     """The file whose audio is muxed into the output (None: silent)."""

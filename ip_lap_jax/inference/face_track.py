@@ -1,7 +1,10 @@
 """Where the face is in each template frame: Face Mesh once per frame, cached on disk.
 
-`detect_template` runs Face Mesh on every frame at 25 fps (or reads the result from the
-cache under `cache_dir`, keyed by the template's SHA-256 and the detector settings);
+`detect_template` runs Face Mesh on every frame at 25 fps, looking for up to
+`MAX_FACES` faces, and keeps one: the face `--face` chooses, followed from frame to
+frame (`face.selection`; a frame where it is lost counts as a frame without a face). The
+result is cached under `cache_dir`, keyed by the template's SHA-256, the detector
+settings and the choice;
 `frame_geometry` derives what inference uses from it: the release's 25 px padded face
 box, landmarks normalised to the integer pixel box, and lip openness.
 """
@@ -21,11 +24,15 @@ import numpy as np
 from ip_lap_jax.constants import FACE_SIZE, FPS
 from ip_lap_jax.errors import require_file
 from ip_lap_jax.face import landmarks
+from ip_lap_jax.face import selection
 from ip_lap_jax.face import sketch
 from ip_lap_jax.files import file_sha256
 from ip_lap_jax.media import video
 
-_DETECTION_CACHE_VERSION = 1
+_DETECTION_CACHE_VERSION = 2  # 2: several faces per frame, one chosen (`face`)
+# Faces Face Mesh looks for in a frame; the chosen one is among them. More only cost
+# time in frames that have that many faces.
+MAX_FACES = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,40 +62,59 @@ def default_cache_dir() -> pathlib.Path:
 
 
 def _detection_cache_path(template: str, cache_dir: str | os.PathLike[str] | None,
-                          small_faces: bool) -> pathlib.Path:
+                          small_faces: bool, face: selection.FaceChoice) -> pathlib.Path:
   import mediapipe  # its version is part of the key: another model finds other points
 
   settings = {"version": _DETECTION_CACHE_VERSION, "fps": FPS, "small_faces": small_faces,
               "mediapipe": mediapipe.__version__, "refine_landmarks": True,
-              "min_detection_confidence": 0.5}
+              "min_detection_confidence": 0.5, "max_num_faces": MAX_FACES,
+              "face": face.key()}
   key = hashlib.sha256(
       (file_sha256(template) + json.dumps(settings, sort_keys=True)).encode()).hexdigest()
   root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
   return root / "face_tracks" / f"{key[:32]}.npz"
 
 
+def choose_faces(faces: list[list[np.ndarray]], face: selection.FaceChoice,
+                 frame_hw: tuple[int, int]) -> np.ndarray:
+  """The chosen face of every frame, followed by box overlap (`selection.FaceTracker`).
+
+  Args:
+    faces: per frame, the faces found ([131, 2] points each, normalised to the frame).
+  Returns:
+    [F, 131, 2] float64; NaN rows where the face is not there (or not yet chosen).
+  """
+  tracker = selection.FaceTracker(face, frame_hw)
+  rows = np.full((len(faces), landmarks.NUM_ALL, 2), np.nan)
+  for i, found in enumerate(faces):
+    points = tracker.update(found)
+    if points is not None:
+      rows[i] = points
+  return rows
+
+
 def detect_template(template: str | os.PathLike[str], *, small_faces: bool = False,
                     cache_dir: str | os.PathLike[str] | None = None,
-                    use_cache: bool = True) -> tuple[FaceTrack, bool]:
-  """Face Mesh on every template frame (at 25 fps), cached on disk.
+                    use_cache: bool = True,
+                    face: selection.FaceChoice = selection.FaceChoice()
+                    ) -> tuple[FaceTrack, bool]:
+  """Face Mesh on every template frame (at 25 fps), the chosen face kept, cached on disk.
 
   Returns:
     (track, from_cache).
   """
   template = require_file(template)
-  cache_path = _detection_cache_path(template, cache_dir, small_faces)
+  cache_path = _detection_cache_path(template, cache_dir, small_faces, face)
   if use_cache and cache_path.is_file():
     with np.load(cache_path) as data:
       return FaceTrack(points=data["points"], frame_hw=tuple(int(v) for v in data["frame_hw"])), True
-  rows: list[np.ndarray] = []
+  faces: list[list[np.ndarray]] = []
   frame_hw = None
-  nan_row = np.full((landmarks.NUM_ALL, 2), np.nan)
-  with landmarks.FaceMeshDetector(small_faces=small_faces) as detector:
+  with landmarks.FaceMeshDetector(small_faces=small_faces, max_num_faces=MAX_FACES) as detector:
     for frame in video.iter_frames(template, fps=FPS):
-      frame_hw = frame.shape[:2]
-      points = detector.detect(frame)
-      rows.append(nan_row if points is None else points[landmarks.ALL_INDICES])
-  track = FaceTrack(points=np.stack(rows), frame_hw=tuple(int(v) for v in frame_hw))
+      frame_hw = tuple(int(v) for v in frame.shape[:2])
+      faces.append([p[landmarks.ALL_INDICES] for p in detector.detect_all(frame)])
+  track = FaceTrack(points=choose_faces(faces, face, frame_hw), frame_hw=frame_hw)
   if use_cache:
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_path.parent, suffix=".npz")

@@ -22,7 +22,7 @@ import numpy as np
 from ip_lap_jax.constants import CENTRE, FACE_SIZE, FPS, WINDOW
 from ip_lap_jax.face import landmarks
 from ip_lap_jax.face import paste
-from ip_lap_jax.inference import schedule
+from ip_lap_jax.inference import schedule, silence
 from ip_lap_jax.inference.face_track import FaceTrack, FrameGeometry, resize_square
 from ip_lap_jax.inference.frames import FrameReader
 from ip_lap_jax.inference.predictor import CompiledPredictor, Predictor
@@ -59,12 +59,16 @@ class Plan:
     fill: [F] int, each template frame's nearest frame with a usable face.
     mel_chunks: [M, 80, 16] the speech's mel chunks (`audio.inference_mel_chunks`).
     num_out: output frames.
+    closing: [num_out] float in [0, 1], how far each output frame's mouth moves toward
+      the most closed reference (`silence.closing_weights`); None: the model's own
+      landmarks everywhere (`--silence model`).
   """
   track: FaceTrack
   geometry: FrameGeometry
   fill: np.ndarray
   mel_chunks: np.ndarray
   num_out: int
+  closing: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,11 +98,14 @@ class References:
   Attributes:
     pose: [Nl, 74, 2], content: [Nl, 57, 2] landmark references.
     images, sketches: [N, S, S, 3] image references and their sketches.
+    closed_content: [57, 2] float32 on the host, the content of the landmark reference
+      with the lowest lip openness (the mouth `--silence closed` moves toward).
   """
   pose: jax.Array
   content: jax.Array
   images: jax.Array
   sketches: jax.Array
+  closed_content: np.ndarray
 
 
 def prepare_references(plan: Plan, reader: FrameReader, predictor: Predictor) -> References:
@@ -109,10 +116,13 @@ def prepare_references(plan: Plan, reader: FrameReader, predictor: Predictor) ->
   faces = {i: geometry.face(reader.get(i), i, s) for i in sorted(set(img.tolist()))}
   sketches = [resize_square(geometry.sketch(geometry.pose[i], geometry.content[i], i), s)
               for i in img]
+  # Measured on the box-normalised content: that is what the blend mixes with.
+  closed = lmk[int(np.argmin(landmarks.lip_openness(geometry.content[lmk])))]
   return References(pose=predictor.replicate(geometry.pose[lmk]),
                     content=predictor.replicate(geometry.content[lmk]),
                     images=predictor.replicate(np.stack([faces[i] for i in img])),
-                    sketches=predictor.replicate(np.stack(sketches)))
+                    sketches=predictor.replicate(np.stack(sketches)),
+                    closed_content=geometry.content[closed].astype(np.float32))
 
 
 @dataclasses.dataclass
@@ -122,6 +132,7 @@ class _Item:
   outputs: list[int]  # output positions it fills
   slot: int | None  # row in the batch, None = pass through unchanged
   template_index: int
+  window: int  # k: the window covers output positions k..k+4
 
 
 @dataclasses.dataclass
@@ -187,7 +198,7 @@ def _batches(plan: Plan, reader: FrameReader, batch_size: int, size: int) -> Ite
       arrays["mels"][slot] = plan.mel_chunks[mel_indices][..., None]
       count += 1
     items.append(_Item(frame=frame, outputs=schedule.window_outputs(window), slot=slot,
-                       template_index=t))
+                       template_index=t, window=window))
     if count == batch_size:
       yield _Batch(items=items, count=count, **arrays)
       arrays, items, count = empty(), [], 0
@@ -198,15 +209,47 @@ def _batches(plan: Plan, reader: FrameReader, batch_size: int, size: int) -> Ite
     yield _Batch(items=items, count=count, **arrays)
 
 
+def _predict_content(compiled: CompiledPredictor, batch: _Batch, refs: References,
+                     closing: np.ndarray | None) -> np.ndarray:
+  """The landmark generator's content for a batch, closed where the speech is silent.
+
+  Args:
+    closing: [num_out] weights of the output frames (`Plan.closing`) or None.
+  Returns:
+    [B, 5, 57, 2] content; frame t of the window in row b stands for output position
+    k + t, and moves toward `refs.closed_content` by that position's weight.
+  """
+  content = compiled.predict_content(batch.mels, batch.pose, refs.pose, refs.content)
+  if closing is None:
+    return content
+  content = np.array(content)  # writable (a device result's host view is read-only)
+  for item in batch.items:
+    if item.slot is not None:
+      # The last windows reach past the final frame; they take its weight.
+      positions = np.minimum(schedule.window_positions(item.window), closing.size - 1)
+      content[item.slot] = silence.close_mouth(content[item.slot], closing[positions],
+                                               refs.closed_content)
+  return content
+
+
 def _infer_batch(compiled: CompiledPredictor, batch: _Batch, geometry: FrameGeometry,
-                 refs: References) -> tuple[jax.Array, np.ndarray]:
+                 refs: References, closing: np.ndarray | None = None,
+                 landmarks_out: np.ndarray | None = None) -> tuple[jax.Array, np.ndarray]:
   """Landmarks -> sketches -> rendering of one batch; rendering is left in flight.
 
+  Args:
+    closing: see `_predict_content`.
+    landmarks_out: [num_out, 57, 2]; when given, each rendered output position's centre
+      content is stored in it.
   Returns:
     (rendered uint8 [B, S, S, 3] on the devices, centre sketches float32
     [B, 128, 128, 3] at full size for `debug_sketch`).
   """
-  content = compiled.predict_content(batch.mels, batch.pose, refs.pose, refs.content)
+  content = _predict_content(compiled, batch, refs, closing)
+  if landmarks_out is not None:
+    for item in batch.items:
+      if item.slot is not None:
+        landmarks_out[item.outputs] = content[item.slot, CENTRE]
   s = compiled.predictor.render_size
   bsz = batch.faces.shape[0]
   sketches = np.zeros((bsz, WINDOW, s, s, 3), np.float32)
@@ -270,8 +313,12 @@ def _write(to_writer: queue.Queue, stop: threading.Event, plan: Plan, output: Ou
 
 
 def run_pipeline(plan: Plan, reader: FrameReader, compiled: CompiledPredictor,
-                 refs: References, output: Output) -> int:
+                 refs: References, output: Output,
+                 landmarks_out: np.ndarray | None = None) -> int:
   """Renders and writes every output frame; returns how many were passed through.
+
+  `landmarks_out` ([num_out, 57, 2]), when given, receives the centre content of each
+  rendered output frame (rows of pass-through frames are left as they are).
 
   Raises:
     The first error of any of the three threads.
@@ -306,7 +353,8 @@ def run_pipeline(plan: Plan, reader: FrameReader, compiled: CompiledPredictor,
         break
       if isinstance(batch, _Failure):
         raise batch.error
-      rendered, sketches = _infer_batch(compiled, batch, plan.geometry, refs)
+      rendered, sketches = _infer_batch(compiled, batch, plan.geometry, refs, plan.closing,
+                                        landmarks_out)
       if not _put(to_writer, (batch, rendered, sketches), stop):
         break
     _put(to_writer, _DONE, stop)
