@@ -25,7 +25,10 @@ from ip_lap_jax.export import load_run_variables
 from tests import train_fixtures
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-RUN_TIMEOUT_S = 300  # one launch, compile included, on a busy 2-core machine
+RUN_TIMEOUT_S = 600  # one launch, compile included, on a busy 2-core machine
+# XLA's CPU collectives give up on a peer after 30 s by default; a process still compiling
+# its step while the other waits in the step's first all-reduce is not a failure here.
+COLLECTIVE_TIMEOUT_S = 600
 STEPS = 2
 
 # Process 1 raises at its second training batch; both must then exit, non-zero.
@@ -64,7 +67,9 @@ def _free_port() -> int:
 
 def _env(cache: pathlib.Path, devices: int, x64: bool, fast_compile: bool) -> dict[str, str]:
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+             f"--xla_cpu_collective_timeout_seconds={COLLECTIVE_TIMEOUT_S} "
+             f"--xla_cpu_collective_call_terminate_timeout_seconds={COLLECTIVE_TIMEOUT_S}",
              JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
              JAX_DISABLE_MOST_OPTIMIZATIONS=str(fast_compile).lower(), JAX_COMPILATION_CACHE_DIR=str(cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
