@@ -151,6 +151,9 @@ def _tree_map(fn, *trees):
 # Adam's early ~lr * sign(g) steps would turn that rounding, in gradients that are zero in
 # exact arithmetic (biases before BatchNorm), into full-size differences.
 # A small rate keeps the steps from amplifying that rounding from step to step.
+# model.dtype=float64 keeps the parameters in float64 too (LandmarkStage.init_state):
+# stored in float32, the first update's ~1e-16 differences became float32 ulps (1.5e-9
+# after step 1) that training amplified ~100x per step (2e-8, 4e-6, 3e-4 at steps 2-4).
 _LINEAR_ADAM = ["--config.optimizer.eps=1.0", "--config.optimizer.learning_rate=0.001"]
 
 
