@@ -30,6 +30,37 @@ import jax
 log = logging.getLogger(__name__)
 
 _FAILED = "ip_lap_jax/failed/"  # key-value directory: one key per failed process
+_STOPPED = "ip_lap_jax/stopped/"  # one key per process that is about to exit
+
+
+def _others_failed(client, me: int) -> list[str]:
+  try:
+    failed = client.key_value_dir_get(_FAILED)
+  except Exception:  # pylint: disable=broad-except
+    return []  # the service is briefly unreachable: look again next time
+  return [message for key, message in failed if not key.endswith(f"/{me}")]
+
+
+def _stop(client, me: int, grace_s: float) -> None:
+  """Exits with status 1, process 0 last: it hosts the coordination service, and a peer
+  that sees the service gone is aborted by jax (SIGABRT) instead of exiting with 1. Each
+  process marks itself stopped and leaves at once; process 0 first waits (up to grace_s)
+  for every other process's mark."""
+  try:
+    client.key_value_set(f"{_STOPPED}{me}", "1")
+  except Exception:  # pylint: disable=broad-except
+    pass
+  if me == 0:
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+      try:
+        if len(client.key_value_dir_get(_STOPPED)) >= jax.process_count():
+          time.sleep(0.5)  # let them finish exiting
+          break
+      except Exception:  # pylint: disable=broad-except
+        pass
+      time.sleep(0.1)
+  _exit(1)
 
 
 def initialize(heartbeat_timeout_s: int = 100) -> None:
@@ -56,44 +87,44 @@ def _exit(status: int) -> None:
   os._exit(status)  # pylint: disable=protected-access
 
 
-def _watch(client, me: int, stop: threading.Event, poll_s: float) -> None:
+def _watch(client, me: int, stop: threading.Event, poll_s: float, grace_s: float) -> None:
   while not stop.wait(poll_s):
-    try:
-      failed = client.key_value_dir_get(_FAILED)
-    except Exception:  # pylint: disable=broad-except
-      continue  # the service is briefly unreachable: look again next time
-    others = [message for key, message in failed if not key.endswith(f"/{me}")]
+    others = _others_failed(client, me)
     if others:
       log.error("process %d stops because %s", me, "; ".join(others))
-      _exit(1)
+      _stop(client, me, grace_s)
 
 
 @contextlib.contextmanager
-def fail_together(poll_s: float = 1.0, grace_s: float = 3.0) -> Iterator[None]:
+def fail_together(poll_s: float = 1.0, grace_s: float = 10.0) -> Iterator[None]:
   """Runs the block; an exception in it on any process stops every process (status 1).
 
-  `grace_s`: how long a failed process waits before exiting, so that the others read
-  its message while process 0 (which hosts the coordination service) is still up.
+  `grace_s`: how long process 0 (which hosts the coordination service, so leaves last)
+  waits at most for the others to stop before exiting.
   """
   if jax.process_count() == 1:
     yield
     return
   client, me = _client(), jax.process_index()
   stop = threading.Event()
-  watcher = threading.Thread(target=_watch, args=(client, me, stop, poll_s), daemon=True,
+  watcher = threading.Thread(target=_watch, args=(client, me, stop, poll_s, grace_s), daemon=True,
                              name="fail_together")
   watcher.start()
   try:
     yield
   except BaseException as e:  # pylint: disable=broad-except
+    stop.set()
+    others = _others_failed(client, me)
+    if others:  # e.g. a collective broken by a peer that failed first: report that one
+      log.error("process %d stops because %s (here: %s: %s)", me, "; ".join(others),
+                type(e).__name__, e)
+      _stop(client, me, grace_s)
     message = f"process {me} on {socket.gethostname()} failed: {type(e).__name__}: {e}"
     log.exception(message)
-    stop.set()
     try:
       client.key_value_set(f"{_FAILED}{me}", message)
     except Exception:  # pylint: disable=broad-except
       log.error("could not tell the other processes (coordination service unreachable)")
-    time.sleep(grace_s)
-    _exit(1)
+    _stop(client, me, grace_s)
   finally:
     stop.set()

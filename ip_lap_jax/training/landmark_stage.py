@@ -40,6 +40,13 @@ class LandmarkStage(stage_lib.Stage):
     if self.cfg.init_from:
       variables = stage_lib.load_converted(self.cfg.init_from, "variables", variables,
                                            "landmark generator")
+    if self.cfg.model.dtype == "float64":
+      # Full float64 training (equivalence checks): Flax keeps parameters in float32
+      # whatever the compute dtype, and float32 storage rounds the ~1e-16 differences
+      # between summation orders of the gradient all-reduce (1 x 8 vs 2 x 4 devices) to
+      # whole float32 ulps, which training then amplifies ~100x per step.
+      variables = jax.tree.map(
+          lambda x: x.astype(np.float64) if x.dtype == np.float32 else x, variables)
     return landmark_step.init_state(self.cfg, self.tx, variables, state_rng)
 
   def train_step(self, state: state_lib.State, batch: dict[str, jax.Array], *, step: int,
