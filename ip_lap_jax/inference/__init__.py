@@ -11,7 +11,7 @@
 """
 
 from ip_lap_jax.constants import CENTRE, FPS, WINDOW
-from ip_lap_jax.inference.api import InferenceOptions, InferenceResult, LipSyncer
+from ip_lap_jax.inference.api import PRESETS, InferenceOptions, InferenceResult, LipSyncer
 from ip_lap_jax.inference.face_track import FaceTrack, detect_template
 from ip_lap_jax.inference.predictor import load_checkpoint
 from ip_lap_jax.inference.schedule import (nearest_valid, output_frame_count, pingpong,

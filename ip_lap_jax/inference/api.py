@@ -31,7 +31,11 @@ Speed and memory:
 - Frames of a batch are sharded over every local device (`jax.devices()`).
 - Frames are streamed (`pipeline`, `frames`): only the detection results (131 points per
   frame) and a bounded block of decoded frames are held.
-- Detection results are cached on disk under `cache_dir` (`face_track`).
+- Detection results are cached on disk under `cache_dir` (`face_track`); a template's
+  first use runs Face Mesh in one process per core.
+- After the device, paste-back and the watermark touch only the face box and a bounded
+  tile lattice of frames the pipeline owns (no full-frame copies), on a thread pool,
+  while libx264 encodes in its own threads (`pipeline`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ from ip_lap_jax.media import audio as audio_lib
 from ip_lap_jax.media import video
 
 logger = logging.getLogger(__name__)
+
+
+# libx264's presets, fastest first.
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+           "slower", "veryslow")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +88,12 @@ class InferenceOptions:
       smaller sizes run (meaningless output with trained weights) and keep pipeline
       tests cheap on a CPU.
     reverse_block_mib: memory bound for playing the template backwards.
+    crf: libx264's constant rate factor: 18 (default) is visually lossless; each +6
+      about halves the file.
+    preset: libx264's effort for that quality: 'veryfast' (default) keeps up with an
+      accelerator on a few cores; slower presets ('medium') give smaller files at the
+      same quality for 3x the encoding CPU, 'ultrafast' larger files for half of it.
+    workers: threads pasting and watermarking; 0 (default): one per usable core.
   """
   num_refs: int = 25
   num_landmark_refs: int = 15
@@ -93,6 +108,9 @@ class InferenceOptions:
   small_faces: bool = False
   render_size: int | None = None
   reverse_block_mib: int = 256
+  crf: int = 18
+  preset: str = "veryfast"
+  workers: int = 0
 
   def __post_init__(self):
     if self.dtype not in ("float32", "bfloat16"):
@@ -104,6 +122,12 @@ class InferenceOptions:
         raise ValueError(f"{name} must be >= 1")
     if self.face_pad < 0:
       raise ValueError("face_pad must be >= 0")
+    if not 0 <= self.crf <= 51:
+      raise ValueError(f"crf must be in 0..51, got {self.crf}")
+    if self.preset not in PRESETS:
+      raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+    if self.workers < 0:
+      raise ValueError("workers must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +144,8 @@ class InferenceResult:
     detection_cached: the template's Face Mesh results came from the disk cache.
     render_size: side of the faces the renderer rendered.
     seconds: wall time of the run; frames_per_second: num_frames / seconds.
+    stage_seconds: seconds per stage ('detection', 'decode', 'prepare', 'paste',
+      'watermark', 'encode', ...), summed over the threads running it (`pipeline.StageClock`).
   """
   output: str
   num_frames: int
@@ -130,6 +156,7 @@ class InferenceResult:
   render_size: int
   seconds: float
   frames_per_second: float
+  stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class LipSyncer:
@@ -151,6 +178,14 @@ class LipSyncer:
         predictor.load_checkpoint(checkpoint_dir), dtype=options.dtype,
         batch_size=options.batch_size, render_size=options.render_size,
         num_refs=options.num_refs, num_landmark_refs=options.num_landmark_refs)
+
+  @classmethod
+  def from_predictor(cls, model: predictor.Predictor, options: InferenceOptions) -> LipSyncer:
+    """A syncer around a ready predictor (or a stand-in with its interface: host-only
+    benchmarks and tests, `ip_lap_jax.inference.standin`)."""
+    syncer = cls.__new__(cls)
+    syncer.options, syncer.checkpoint_dir, syncer.predictor = options, None, model
+    return syncer
 
   @property
   def batch_size(self) -> int:
@@ -202,8 +237,10 @@ class LipSyncer:
     # On an error before `.result()` the compile thread finishes on its own (daemon): the
     # error is reported at once, and a later run finds the executables cached.
     compiling = pipeline.run_in_thread(self.compile, "ip_lap_jax-compile")
-    track, cached = face_track.detect_template(template, small_faces=opts.small_faces,
-                                               cache_dir=opts.cache_dir)
+    clock = pipeline.StageClock()
+    with clock("detection"):
+      track, cached = face_track.detect_template(template, small_faces=opts.small_faces,
+                                                 cache_dir=opts.cache_dir)
     geometry = face_track.frame_geometry(track, opts.face_pad)
     if not geometry.usable.any():
       raise MediaError(template, f"no face found in any of its {track.num_frames} frames")
@@ -218,12 +255,13 @@ class LipSyncer:
                          mel_chunks=mel_chunks, num_out=num_out)
     target = pipeline.Output(path=output, audio_path=self._audio_track(template, audio, info),
                              metadata=self._metadata(), watermark=opts.watermark,
-                             debug_sketch=opts.debug_sketch, progress=opts.progress)
+                             debug_sketch=opts.debug_sketch, progress=opts.progress,
+                             crf=opts.crf, preset=opts.preset, workers=opts.workers)
     with FrameReader(template, track.num_frames,
                      frame_bytes=track.frame_hw[0] * track.frame_hw[1] * 3,
                      budget_bytes=opts.reverse_block_mib << 20) as reader:
       refs = pipeline.prepare_references(plan, reader, self.predictor)
-      passthrough = pipeline.run_pipeline(plan, reader, compiled, refs, target)
+      passthrough = pipeline.run_pipeline(plan, reader, compiled, refs, target, clock)
     seconds = time.perf_counter() - start
     if passthrough:
       logger.warning("%d of %d output frames had no face and were written unchanged",
@@ -231,7 +269,8 @@ class LipSyncer:
     return InferenceResult(output=output, num_frames=num_out, passthrough_frames=passthrough,
                            template_frames=track.num_frames, faceless_template_frames=faceless,
                            detection_cached=cached, render_size=self.render_size,
-                           seconds=seconds, frames_per_second=num_out / seconds)
+                           seconds=seconds, frames_per_second=num_out / seconds,
+                           stage_seconds=dict(clock.seconds))
 
   def _audio_track(self, template: str, audio: str, info: video.VideoInfo) -> str | None:
     """The file whose audio is muxed into the output (None: silent)."""
