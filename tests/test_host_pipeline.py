@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from ip_lap_jax import inference
-from ip_lap_jax.face import paste
+from ip_lap_jax.errors import MediaError
+from ip_lap_jax.face import paste, video_mesh
 from ip_lap_jax.inference import face_track, frames as frames_lib, standin
 from ip_lap_jax.media import audio as audio_lib
 from ip_lap_jax.media import video
@@ -147,3 +148,22 @@ def test_taken_frames_are_owned(media, work):
       np.testing.assert_array_equal(frame, decoded[t], err_msg=f"request {k}")
       frame[:] = 255 - frame  # what paste-back does to its box
       assert reader.num_held <= 6
+
+
+@pytest.mark.parametrize("name", ["faceless_gap_25fps.mp4", "square_30fps.mp4"])
+def test_parallel_detection_equals_sequential(media, name):
+  """Chunks in worker processes (uneven, one past the end) give the sequential rows."""
+  path = media.clip(name).path
+  sequential, hw = face_track.detect_points(str(path), workers=1)
+  assert np.isnan(sequential[:, 0, 0]).any() == (name.startswith("faceless"))
+  for workers, estimate in ((2, len(sequential)), (3, len(sequential) + 7)):
+    points, parallel_hw = video_mesh.detect_video(path, workers=workers, num_frames=estimate)
+    assert parallel_hw == hw
+    np.testing.assert_array_equal(points, sequential)  # NaN rows in the same places
+
+
+def test_worker_count_and_errors_from_workers(media, work):
+  assert video_mesh.worker_count(1, 8) == 1  # a still runs in the calling process
+  assert video_mesh.worker_count(50, 2) == 2 and video_mesh.worker_count(30, 2) == 1
+  with pytest.raises(MediaError, match="zero_frames.mkv: zero frames"):
+    video_mesh.detect_video(media.zero_frame_clip().path, workers=2, num_frames=50)

@@ -1,7 +1,8 @@
 """Where the face is in each template frame: Face Mesh once per frame, cached on disk.
 
-`detect_template` runs Face Mesh on every frame at 25 fps (or reads the result from the
-cache under `cache_dir`, keyed by the template's SHA-256 and the detector settings);
+`detect_template` runs Face Mesh on every frame at 25 fps, in one process per usable
+core (`face.video_mesh`; the same result as one pass), or reads the result from the
+cache under `cache_dir`, keyed by the template's SHA-256 and the detector settings;
 `frame_geometry` derives what inference uses from it: the release's 25 px padded face
 box, landmarks normalised to the integer pixel box, and lip openness.
 """
@@ -22,6 +23,7 @@ from ip_lap_jax.constants import FACE_SIZE, FPS
 from ip_lap_jax.errors import require_file
 from ip_lap_jax.face import landmarks
 from ip_lap_jax.face import sketch
+from ip_lap_jax.face import video_mesh
 from ip_lap_jax.files import file_sha256
 from ip_lap_jax.media import video
 
@@ -80,15 +82,8 @@ def detect_template(template: str | os.PathLike[str], *, small_faces: bool = Fal
   if use_cache and cache_path.is_file():
     with np.load(cache_path) as data:
       return FaceTrack(points=data["points"], frame_hw=tuple(int(v) for v in data["frame_hw"])), True
-  rows: list[np.ndarray] = []
-  frame_hw = None
-  nan_row = np.full((landmarks.NUM_ALL, 2), np.nan)
-  with landmarks.FaceMeshDetector(small_faces=small_faces) as detector:
-    for frame in video.iter_frames(template, fps=FPS):
-      frame_hw = frame.shape[:2]
-      points = detector.detect(frame)
-      rows.append(nan_row if points is None else points[landmarks.ALL_INDICES])
-  track = FaceTrack(points=np.stack(rows), frame_hw=tuple(int(v) for v in frame_hw))
+  points, frame_hw = detect_points(template, small_faces=small_faces)
+  track = FaceTrack(points=points, frame_hw=frame_hw)
   if use_cache:
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_path.parent, suffix=".npz")
@@ -96,6 +91,22 @@ def detect_template(template: str | os.PathLike[str], *, small_faces: bool = Fal
     np.savez(tmp, points=track.points, frame_hw=np.array(track.frame_hw))
     os.replace(tmp, cache_path)  # atomic: a reader never sees half a file
   return track, False
+
+
+def detect_points(template: str, *, small_faces: bool = False,
+                  workers: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+  """Face Mesh on every template frame, uncached: (points [F, 131, 2], (height, width)).
+
+  Args:
+    workers: processes; None: one per usable core, at most one per
+      `video_mesh.MIN_FRAMES_PER_WORKER` frames (a short clip or a still runs here).
+  """
+  info = video.probe(template)
+  num_frames = 1 if video.is_image(template) else int(round(info.duration * FPS))
+  if workers is None:
+    workers = video_mesh.worker_count(num_frames, len(os.sched_getaffinity(0)))
+  return video_mesh.detect_video(template, small_faces=small_faces, workers=workers,
+                                 num_frames=num_frames)
 
 
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
