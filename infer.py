@@ -64,9 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  help="H.264 quality, 0-51: 18 (default) is visually lossless, each +6 "
                       "about halves the file")
   p.add_argument("--preset", choices=inference.PRESETS, default=defaults.preset,
-                 help="H.264 encoder effort (default %(default)s, keeps up with an "
-                      "accelerator); 'medium' or slower: smaller files at the same quality "
-                      "for about 3x the encoding CPU; 'ultrafast': half the CPU, larger files")
+                 help="H.264 encoder effort (default %(default)s: keeps up with an "
+                      "accelerator); 'medium': about 2x the encoding CPU; 'ultrafast': half "
+                      "the CPU for files several times larger")
   p.add_argument("--cache-dir", default=None,
                  help="face detection cache (default $XDG_CACHE_HOME/ip_lap_jax)")
   p.add_argument("--small-faces", action="store_true",

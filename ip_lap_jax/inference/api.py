@@ -90,9 +90,9 @@ class InferenceOptions:
     reverse_block_mib: memory bound for playing the template backwards.
     crf: libx264's constant rate factor: 18 (default) is visually lossless; each +6
       about halves the file.
-    preset: libx264's effort for that quality: 'veryfast' (default) keeps up with an
-      accelerator on a few cores; slower presets ('medium') give smaller files at the
-      same quality for 3x the encoding CPU, 'ultrafast' larger files for half of it.
+    preset: libx264's effort: 'veryfast' (default) keeps up with an accelerator on a
+      few cores; 'medium' costs about twice the encoding CPU, 'ultrafast' half of it
+      for files several times larger (benchmarks/README.md).
     workers: threads pasting and watermarking; 0 (default): one per usable core.
   """
   num_refs: int = 25
