@@ -26,7 +26,7 @@ Prints one line per (N, pipeline) and a JSON summary with `--json PATH`.
 Host only (`--host-only`): the whole pipeline with the models replaced by
 `ip_lap_jax.inference.standin` (answers at once), so the figure is what the host can
 feed an infinitely fast accelerator. Templates are generated (the synthetic talking
-photo on a textured background, 2 s at 25 fps) at 256x256, 1280x720 and 1920x1080;
+photo on a textured background, `--template-seconds` at 25 fps) at 256x256, 1280x720 and 1920x1080;
 speech is synthetic, `--seconds` long. Each size runs in a subprocess pinned with
 `taskset` to 1 and to 2 cores, first with an empty detection cache (Face Mesh runs),
 then cached; watermark on, N = 25, render size 128, batch 8, default encoder settings.
@@ -154,7 +154,6 @@ def release_like(modules, template: str, speech: str, output: str, num_refs: int
 
 
 HOST_SIZES = ("256x256", "1280x720", "1920x1080")
-TEMPLATE_SECONDS = 2.0
 
 
 def make_template(path: pathlib.Path, height: int, width: int, seconds: float, seed: int = 0):
@@ -205,7 +204,7 @@ def host_only(args: argparse.Namespace) -> None:
     for size in args.sizes:
       width, height = (int(v) for v in size.split("x"))
       template = tmp / f"template_{size}.mp4"
-      make_template(template, height, width, TEMPLATE_SECONDS)
+      make_template(template, height, width, args.template_seconds)
       for cores in args.cores:
         out = tmp / f"run_{size}_{cores}"
         out.mkdir()
@@ -241,6 +240,9 @@ def main() -> None:
   parser.add_argument("--host-only", action="store_true",
                       help="stand-in models: the host's frames/s (see the docstring)")
   parser.add_argument("--sizes", nargs="+", default=list(HOST_SIZES), help="--host-only: WxH")
+  parser.add_argument("--template-seconds", type=float, default=2.0,
+                      help="--host-only: template length (Face Mesh runs in one process per "
+                           "core from video_mesh.MIN_FRAMES_PER_WORKER frames per core)")
   parser.add_argument("--cores", type=int, nargs="+", default=[1, 2],
                       help="--host-only: run pinned to the first N cores")
   args = parser.parse_args()

@@ -164,6 +164,8 @@ def test_parallel_detection_equals_sequential(media, name):
 
 def test_worker_count_and_errors_from_workers(media, work):
   assert video_mesh.worker_count(1, 8) == 1  # a still runs in the calling process
-  assert video_mesh.worker_count(50, 2) == 2 and video_mesh.worker_count(30, 2) == 1
+  per = video_mesh.MIN_FRAMES_PER_WORKER
+  assert video_mesh.worker_count(2 * per, 2) == 2 and video_mesh.worker_count(2 * per - 1, 2) == 1
+  assert video_mesh.worker_count(100 * per, 2) == 2  # never more than the cores
   with pytest.raises(MediaError, match="zero_frames.mkv: zero frames"):
     video_mesh.detect_video(media.zero_frame_clip().path, workers=2, num_frames=50)

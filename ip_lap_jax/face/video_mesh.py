@@ -6,26 +6,30 @@ and the chunks' rows concatenated in order equal a sequential pass exactly. A wo
 decodes from the start of the file (`video.iter_frames` cannot seek) and runs Face Mesh
 on its own chunk only; decoding is a small part of a frame's cost next to Face Mesh.
 
-Workers fork from a forkserver that preloads this module, the video reader and
-MediaPipe; nothing here imports JAX (`ip_lap_jax.inference` does), so a worker is ready
-in a fraction of a second instead of paying the framework's import.
+Workers are subprocesses running this module (`python -m ip_lap_jax.face.video_mesh`),
+not a multiprocessing pool: forkserver and spawn workers re-import the parent's
+`__main__` (`infer.py`, a benchmark), which imports JAX, and that cost several seconds
+per worker. Here a worker imports numpy, OpenCV, PyAV and MediaPipe only, and hands its
+rows back in an .npy file.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 
 from ip_lap_jax.constants import FPS
+from ip_lap_jax.errors import MediaError
 from ip_lap_jax.face import landmarks
 
-# Frames below which another worker process costs more (its start, MediaPipe's graph)
-# than it saves.
-MIN_FRAMES_PER_WORKER = 24
-
-_PRELOAD = ("ip_lap_jax.face.video_mesh", "ip_lap_jax.media.video", "mediapipe")
+# Frames a worker must have to pay for its start (Python, MediaPipe's import and graph,
+# decoding up to its chunk): about as long as 150 frames of Face Mesh at 1080p
+# (benchmarks/README.md). Shorter templates run in the calling process.
+MIN_FRAMES_PER_WORKER = 150
 
 
 def frame_points(detector: landmarks.FaceMeshDetector, frame_bgr: np.ndarray) -> np.ndarray:
@@ -65,16 +69,6 @@ def _detect_range(path: str, small_faces: bool, start: int, stop: int | None,
   return (np.stack(rows) if rows else empty), frame_hw
 
 
-def _init_worker() -> None:
-  import cv2
-
-  cv2.setNumThreads(1)  # one process per core already
-
-
-def _run_range(args: tuple) -> tuple[np.ndarray, tuple[int, int] | None]:
-  return _detect_range(*args)
-
-
 def worker_count(num_frames: int, cores: int) -> int:
   """Processes for a video of about `num_frames` frames: one per core, at least
   MIN_FRAMES_PER_WORKER frames each."""
@@ -99,10 +93,53 @@ def detect_video(path: str | os.PathLike[str], *, small_faces: bool = False, wor
     rows, frame_hw = _detect_range(path, small_faces, 0, None, 0)
     return rows, frame_hw
   bounds = [k * num_frames // workers for k in range(workers)] + [None]
-  jobs = [(path, small_faces, bounds[k], bounds[k + 1], 1) for k in range(workers)]
-  ctx = multiprocessing.get_context("forkserver")
-  ctx.set_forkserver_preload(list(_PRELOAD))
-  with ctx.Pool(workers, initializer=_init_worker) as pool:
-    parts = pool.map(_run_range, jobs, chunksize=1)
+  # The workers import this package from where this process found it.
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+  with tempfile.TemporaryDirectory(prefix="ip_lap_jax_mesh_") as tmp:
+    outs = [os.path.join(tmp, f"{k}.npz") for k in range(workers)]
+    procs = []
+    try:
+      for k in range(workers):
+        stop = "end" if bounds[k + 1] is None else str(bounds[k + 1])
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "ip_lap_jax.face.video_mesh", path, str(bounds[k]), stop,
+             str(int(small_faces)), outs[k]],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env))
+      errors = [proc.communicate()[1] for proc in procs]
+    finally:  # on an interrupt, no worker outlives the run
+      for proc in procs:
+        if proc.poll() is None:
+          proc.kill()
+          proc.wait()
+    parts = []
+    for proc, out, stderr in zip(procs, outs, errors):
+      if proc.returncode:
+        raise RuntimeError(f"{path}: Face Mesh worker failed:\n{stderr[-2000:]}")
+      with np.load(out) as data:
+        if "problem" in data.files:
+          raise MediaError(path, str(data["problem"]))
+        hw = tuple(int(v) for v in data["frame_hw"]) if data["frame_hw"].size else None
+        parts.append((data["points"], hw))
   frame_hw = next(hw for _, hw in parts if hw is not None)
   return np.concatenate([rows for rows, _ in parts]), frame_hw
+
+
+def main(argv: list[str]) -> None:
+  """Worker: PATH START STOP|end SMALL_FACES(0/1) OUT.npz -> rows of frames [START, STOP)."""
+  import cv2
+
+  cv2.setNumThreads(1)  # one process per core already
+  path, start, stop, small_faces, out = argv
+  try:
+    rows, frame_hw = _detect_range(path, small_faces == "1", int(start),
+                                   None if stop == "end" else int(stop), decoder_threads=1)
+  except MediaError as e:
+    np.savez(out, problem=e.problem)
+    return
+  np.savez(out, points=rows, frame_hw=np.array(frame_hw or (), np.int64))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -229,14 +229,14 @@ def _batches(plan: Plan, reader: FrameReader, batch_size: int, size: int,
       frame = reader.take(t, again)
     slot = None
     if geometry.usable[t]:
-      with clock("prepare"):
-        slot = count
+      slot = count
+      with clock("prepare"):  # the crop and resize (the rest is indexing)
         arrays["faces"][slot] = geometry.face(frame, t, size)
-        frames = plan.fill[schedule.pingpong(schedule.window_positions(window), length)]
-        arrays["frames"][slot] = frames
-        arrays["pose"][slot] = geometry.pose[frames]
-        mel_indices = schedule.window_mel_indices(window, len(plan.mel_chunks))
-        arrays["mels"][slot] = plan.mel_chunks[mel_indices][..., None]
+      frames = plan.fill[schedule.pingpong(schedule.window_positions(window), length)]
+      arrays["frames"][slot] = frames
+      arrays["pose"][slot] = geometry.pose[frames]
+      mel_indices = schedule.window_mel_indices(window, len(plan.mel_chunks))
+      arrays["mels"][slot] = plan.mel_chunks[mel_indices][..., None]
       count += 1
     items.append(_Item(frame=frame, outputs=schedule.window_outputs(window), slot=slot,
                        template_index=t))
