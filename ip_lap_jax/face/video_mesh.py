@@ -1,16 +1,17 @@
 """Face Mesh on every frame of a video at 25 fps, in parallel worker processes.
 
 Static-image Face Mesh treats each frame alone, so a video splits into contiguous
-chunks of frames, one worker process per chunk, each with its own `FaceMeshDetector`,
-and the chunks' rows concatenated in order equal a sequential pass exactly. A worker
-decodes from the start of the file (`video.iter_frames` cannot seek) and runs Face Mesh
-on its own chunk only; decoding is a small part of a frame's cost next to Face Mesh.
+chunks of frames, the first run in the calling process and each other one in a worker
+process, each with its own `FaceMeshDetector`, and the chunks' rows concatenated in
+order equal a sequential pass exactly. A worker decodes from the start of the file
+(`video.iter_frames` cannot seek) and runs Face Mesh on its own chunk only; decoding is
+a small part of a frame's cost next to Face Mesh.
 
 Workers are subprocesses running this module (`python -m ip_lap_jax.face.video_mesh`),
 not a multiprocessing pool: forkserver and spawn workers re-import the parent's
 `__main__` (`infer.py`, a benchmark), which imports JAX, and that cost several seconds
 per worker. Here a worker imports numpy, OpenCV, PyAV and MediaPipe only, and hands its
-rows back in an .npy file.
+rows back in an .npz file.
 """
 
 from __future__ import annotations
@@ -101,20 +102,23 @@ def detect_video(path: str | os.PathLike[str], *, small_faces: bool = False, wor
     outs = [os.path.join(tmp, f"{k}.npz") for k in range(workers)]
     procs = []
     try:
-      for k in range(workers):
+      for k in range(1, workers):
         stop = "end" if bounds[k + 1] is None else str(bounds[k + 1])
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "ip_lap_jax.face.video_mesh", path, str(bounds[k]), stop,
              str(int(small_faces)), outs[k]],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env))
+      # The first chunk runs here meanwhile: MediaPipe is loaded already (the cache key
+      # reads its version), so that chunk pays no start-up.
+      first = _detect_range(path, small_faces, 0, bounds[1], 0)
       errors = [proc.communicate()[1] for proc in procs]
     finally:  # on an interrupt, no worker outlives the run
       for proc in procs:
         if proc.poll() is None:
           proc.kill()
           proc.wait()
-    parts = []
-    for proc, out, stderr in zip(procs, outs, errors):
+    parts = [first]
+    for proc, out, stderr in zip(procs, outs[1:], errors):
       if proc.returncode:
         raise RuntimeError(f"{path}: Face Mesh worker failed:\n{stderr[-2000:]}")
       with np.load(out) as data:
