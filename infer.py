@@ -87,6 +87,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  help="audio of the output: the speech (default) or the template's own track")
   p.add_argument("--no-watermark", action="store_true",
                  help="do not embed the invisible watermark nor the metadata tag")
+  p.add_argument("--crf", type=int, default=defaults.crf,
+                 help="H.264 quality, 0-51: 18 (default) is visually lossless, each +6 "
+                      "about halves the file")
+  p.add_argument("--preset", choices=inference.PRESETS, default=defaults.preset,
+                 help="H.264 encoder effort (default %(default)s: keeps up with an "
+                      "accelerator); 'medium': about 2x the encoding CPU; 'ultrafast': half "
+                      "the CPU for files several times larger")
   p.add_argument("--cache-dir", default=None,
                  help="face detection cache (default $XDG_CACHE_HOME/ip_lap_jax)")
   p.add_argument("--small-faces", action="store_true",
@@ -114,7 +121,8 @@ def options_from_args(args: argparse.Namespace) -> inference.InferenceOptions:
       silence=inference.SilenceOptions(
           mode=args.silence, aggressiveness=args.vad_aggressiveness,
           min_silence_s=args.min_silence, hangover_s=args.silence_hangover,
-          ramp_frames=args.silence_ramp))
+          ramp_frames=args.silence_ramp),
+      crf=args.crf, preset=args.preset)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,17 @@ Run:
   .venv/bin/python benchmarks/bench_infer.py --seconds 1 --refs 25 3
   (on the 2-core CPU the N=25 runs are slow: `--seconds 0.4 --refs 25` renders 8 frames)
 Prints one line per (N, pipeline) and a JSON summary with `--json PATH`.
+
+Host only (`--host-only`): the whole pipeline with the models replaced by
+`ip_lap_jax.inference.standin` (answers at once), so the figure is what the host can
+feed an infinitely fast accelerator. Templates are generated (the synthetic talking
+photo on a textured background, `--template-seconds` at 25 fps) at 256x256, 1280x720 and 1920x1080;
+speech is synthetic, `--seconds` long. Each size runs in a subprocess pinned with
+`taskset` to 1 and to 2 cores, first with an empty detection cache (Face Mesh runs),
+then cached; watermark on, N = 25, render size 128, batch 8, default encoder settings.
+Prints frames/s and the seconds per stage (summed over threads), so the next
+bottleneck is visible:
+  .venv/bin/python benchmarks/bench_infer.py --host-only --seconds 8 --json /tmp/host.json
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import tempfile
 import time
@@ -141,14 +153,102 @@ def release_like(modules, template: str, speech: str, output: str, num_refs: int
   return num_out
 
 
+HOST_SIZES = ("256x256", "1280x720", "1920x1080")
+
+
+def make_template(path: pathlib.Path, height: int, width: int, seconds: float, seed: int = 0):
+  """The synthetic talking photo (half the frame's shorter side) on a blurred-noise
+  background, written as an H.264 mp4 at 25 fps."""
+  from ip_lap_jax.data import synthetic
+
+  actor = synthetic.TalkingPhoto.from_photo(synthetic.default_photo(256))
+  clip = synthetic.make_clip(actor, seconds, seed)
+  rng = np.random.default_rng(seed)
+  noise = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+  background = cv2.resize(cv2.GaussianBlur(noise, (5, 5), 1.5), (width, height))
+  size = min(height, width) // 2
+  y, x = (height - size) // 2, (width - size) // 3
+  with video.VideoWriter(path, fps=25, preset="veryfast") as writer:
+    for face in clip.frames:
+      frame = background.copy()
+      frame[y:y + size, x:x + size] = cv2.resize(face, (size, size))
+      writer.write(frame)
+
+
+def host_run(template: str, speech: str, out_dir: str) -> dict:
+  """One template, uncached then cached, with the stand-in models (a child process)."""
+  from ip_lap_jax.inference import standin
+
+  rows = {}
+  cache = tempfile.mkdtemp(dir=out_dir)  # empty: the first run detects
+  for label in ("uncached", "cached"):
+    options = inference.InferenceOptions(progress=False, cache_dir=cache)
+    model = standin.StandInPredictor(batch_size=options.batch_size, render_size=128,
+                                     num_refs=options.num_refs)
+    syncer = inference.LipSyncer.from_predictor(model, options)
+    result = syncer.run(template, speech, os.path.join(out_dir, f"{label}.mp4"))
+    assert result.detection_cached == (label == "cached")
+    rows[label] = {"frames": result.num_frames, "seconds": result.seconds,
+                   "fps": result.frames_per_second, "stages": result.stage_seconds}
+  return rows
+
+
+def host_only(args: argparse.Namespace) -> None:
+  results = []
+  with tempfile.TemporaryDirectory() as tmp_dir:
+    tmp = pathlib.Path(tmp_dir)
+    from ip_lap_jax.data import synthetic
+    speech = tmp / "speech.wav"
+    audio_lib.save_wav(speech, synthetic.synth_speech(args.seconds, 11, audio_lib.SAMPLE_RATE))
+    print(f"load: {os.getloadavg()}; cores: {os.cpu_count()}", flush=True)
+    for size in args.sizes:
+      width, height = (int(v) for v in size.split("x"))
+      template = tmp / f"template_{size}.mp4"
+      make_template(template, height, width, args.template_seconds)
+      for cores in args.cores:
+        out = tmp / f"run_{size}_{cores}"
+        out.mkdir()
+        cpus = ",".join(str(c) for c in range(cores))
+        proc = subprocess.run(
+            ["taskset", "-c", cpus, sys.executable, __file__, "--host-child", str(template),
+             str(speech), str(out)], capture_output=True, text=True)
+        if proc.returncode:
+          raise RuntimeError(f"{size} on {cores} cores failed:\n{proc.stderr[-3000:]}")
+        rows = json.loads(proc.stdout.strip().splitlines()[-1])
+        for label, row in rows.items():
+          stages = ", ".join(f"{k} {v / row['frames'] * 1000:.1f}"
+                             for k, v in sorted(row["stages"].items(), key=lambda kv: -kv[1]))
+          print(f"{size:>9} cores={cores} {label:>8}: {row['frames']} frames in "
+                f"{row['seconds']:.2f} s = {row['fps']:.1f} frames/s; ms/frame per stage "
+                f"(summed over threads): {stages}", flush=True)
+          results.append({"size": size, "cores": cores, "detection": label, **row})
+  print(f"load: {os.getloadavg()}", flush=True)
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main() -> None:
+  if len(sys.argv) == 5 and sys.argv[1] == "--host-child":
+    print(json.dumps(host_run(*sys.argv[2:])))
+    return
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--seconds", type=float, default=1.0, help="audio length (25 frames/s)")
   parser.add_argument("--refs", type=int, nargs="+", default=[25, 3])
   parser.add_argument("--batch-size", type=int, default=8)
   parser.add_argument("--skip-release", action="store_true")
   parser.add_argument("--json", default=None)
+  parser.add_argument("--host-only", action="store_true",
+                      help="stand-in models: the host's frames/s (see the docstring)")
+  parser.add_argument("--sizes", nargs="+", default=list(HOST_SIZES), help="--host-only: WxH")
+  parser.add_argument("--template-seconds", type=float, default=2.0,
+                      help="--host-only: template length (Face Mesh runs in one process per "
+                           "core from video_mesh.MIN_FRAMES_PER_WORKER frames per core)")
+  parser.add_argument("--cores", type=int, nargs="+", default=[1, 2],
+                      help="--host-only: run pinned to the first N cores")
   args = parser.parse_args()
+  if args.host_only:
+    host_only(args)
+    return
 
   import jax
   import torch

@@ -17,6 +17,9 @@ class MediaError(ValueError):
     self.problem = problem
     super().__init__(f"{self.path}: {problem}")
 
+  def __reduce__(self):  # rebuilt from both arguments (raised in a worker process)
+    return type(self), (self.path, self.problem)
+
 
 def require_file(path: str | os.PathLike[str]) -> str:
   """Returns `path` as a string; raises MediaError if it is not an existing file."""

@@ -182,7 +182,11 @@ def test_frame_reader_bounded_memory_any_order(template, work):
 def test_two_seconds_30fps_input(syncer, clip, speech, work):
   out = work / f"out {clip.path.stem} é.mp4"  # a space and a non-ASCII character
   size = (clip.height, clip.width)
-  result = syncer.run(clip.path, speech(2.0), out)
+  # The H.264 tolerance on the repeated first frame below holds for preset medium; the
+  # default veryfast leaves up to ~0.65 between identical input frames.
+  medium = inference.LipSyncer.from_predictor(
+      syncer.predictor, dataclasses.replace(syncer.options, preset="medium"))
+  result = medium.run(clip.path, speech(2.0), out)
   assert result.num_frames == 50 and result.passthrough_frames == 0
   assert result.template_frames == clip.frames_at(25)
   frames = _check_output(out, 50, size)

@@ -79,28 +79,33 @@ def feathered_mask(polygon: np.ndarray, region: tuple[int, int, int, int]) -> np
   return blurred[reach:reach + y2 - y1, reach:reach + x2 - x1].astype(np.float32) / 255.0
 
 
-def paste_face(frame: np.ndarray, face: np.ndarray, box: tuple[int, int, int, int],
-               polygon: np.ndarray) -> np.ndarray:
-  """Pastes `face` into `frame`'s box and blends it in with the feathered mask.
+def paste_face_inplace(frame: np.ndarray, face: np.ndarray, box: tuple[int, int, int, int],
+                       polygon: np.ndarray) -> None:
+  """Pastes `face` into `frame`'s box and blends it in with the feathered mask, in place.
 
   Args:
-    frame: uint8 [H, W, 3] BGR, left unchanged.
+    frame: uint8 [H, W, 3] BGR, changed inside `box` only (the caller must own it).
     face: uint8 [s, s, 3] generated face (any s; resized bilinearly to the box).
     box: (y1, y2, x1, x2) pixel box the face was cropped from.
     polygon: `mask_polygon` of the frame's points.
-  Returns:
-    uint8 [H, W, 3]: frame * (1 - mask) + pasted * mask, truncated to uint8 as the
-    release does; pixels outside the box are the frame's.
+  The box becomes frame * (1 - mask) + pasted * mask, truncated to uint8 as the release
+  does; nothing outside the box is read or written.
   """
   chex.assert_rank([frame, face], 3)
   y1, y2, x1, x2 = box
-  out = frame.copy()
   if y2 <= y1 or x2 <= x1:
-    return out
+    return
   resized = cv2.resize(face, (x2 - x1, y2 - y1)).astype(np.float32)
   mask = feathered_mask(polygon, box)[..., None]
   original = frame[y1:y2, x1:x2].astype(np.float32)
   # The mask is zero outside the box (the polygon lies inside it, the blur reaches
   # at most 10 px and the box is padded by 25 px), so blending the box suffices.
-  out[y1:y2, x1:x2] = (resized * mask + original * (1.0 - mask)).astype(np.uint8)
+  frame[y1:y2, x1:x2] = (resized * mask + original * (1.0 - mask)).astype(np.uint8)
+
+
+def paste_face(frame: np.ndarray, face: np.ndarray, box: tuple[int, int, int, int],
+               polygon: np.ndarray) -> np.ndarray:
+  """`paste_face_inplace` on a copy of `frame` (left unchanged); returns the copy."""
+  out = frame.copy()
+  paste_face_inplace(out, face, box, polygon)
   return out

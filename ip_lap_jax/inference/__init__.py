@@ -13,7 +13,7 @@
 """
 
 from ip_lap_jax.constants import CENTRE, FPS, WINDOW
-from ip_lap_jax.inference.api import InferenceOptions, InferenceResult, LipSyncer
+from ip_lap_jax.inference.api import PRESETS, InferenceOptions, InferenceResult, LipSyncer
 from ip_lap_jax.face.selection import FaceChoice
 from ip_lap_jax.inference.face_track import FaceTrack, detect_template
 from ip_lap_jax.inference.jobs import Job, JobOutcome, read_jobs

@@ -39,7 +39,11 @@ Speed and memory:
 - Frames of a batch are sharded over every local device (`jax.devices()`).
 - Frames are streamed (`pipeline`, `frames`): only the detection results (131 points per
   frame) and a bounded block of decoded frames are held.
-- Detection results are cached on disk under `cache_dir` (`face_track`).
+- Detection results are cached on disk under `cache_dir` (`face_track`); a template's
+  first use runs Face Mesh in one process per core.
+- After the device, paste-back and the watermark touch only the face box and a bounded
+  tile lattice of frames the pipeline owns (no full-frame copies), on a thread pool,
+  while libx264 encodes in its own threads (`pipeline`).
 """
 
 from __future__ import annotations
@@ -64,6 +68,11 @@ from ip_lap_jax.media import audio as audio_lib
 from ip_lap_jax.media import video
 
 logger = logging.getLogger(__name__)
+
+
+# libx264's presets, fastest first.
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+           "slower", "veryslow")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +105,12 @@ class InferenceOptions:
       silence, hangover, ramp).
     face: which face speaks when a frame has several: 'largest' (default), 'center',
       'K' (the K-th from the left, from 0) or 'x,y,w,h' (`face.selection.FaceChoice`).
+    crf: libx264's constant rate factor: 18 (default) is visually lossless; each +6
+      about halves the file.
+    preset: libx264's effort: 'veryfast' (default) keeps up with an accelerator on a
+      few cores; 'medium' costs about twice the encoding CPU, 'ultrafast' half of it
+      for files several times larger (benchmarks/README.md).
+    workers: threads pasting and watermarking; 0 (default): one per usable core.
   """
   num_refs: int = 25
   num_landmark_refs: int = 15
@@ -112,6 +127,9 @@ class InferenceOptions:
   reverse_block_mib: int = 256
   silence: SilenceOptions = SilenceOptions()
   face: str = "largest"
+  crf: int = 18
+  preset: str = "veryfast"
+  workers: int = 0
 
   def __post_init__(self):
     if self.dtype not in ("float32", "bfloat16"):
@@ -124,6 +142,12 @@ class InferenceOptions:
     if self.face_pad < 0:
       raise ValueError("face_pad must be >= 0")
     FaceChoice.parse(self.face)  # raises on a bad `face` now, not after loading models
+    if not 0 <= self.crf <= 51:
+      raise ValueError(f"crf must be in 0..51, got {self.crf}")
+    if self.preset not in PRESETS:
+      raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+    if self.workers < 0:
+      raise ValueError("workers must be >= 0")
 
   @property
   def face_choice(self) -> FaceChoice:
@@ -148,6 +172,8 @@ class InferenceResult:
       output frame was drawn from: the centre frame of its window, after the silence
       blend; NaN rows for frames passed through.
     silent: [num_frames] bool, frames in a silent span (all False with 'model').
+    stage_seconds: seconds per stage ('detection', 'decode', 'prepare', 'paste',
+      'watermark', 'encode', ...), summed over the threads running it (`pipeline.StageClock`).
   """
   output: str
   num_frames: int
@@ -160,6 +186,7 @@ class InferenceResult:
   frames_per_second: float
   landmarks: np.ndarray = dataclasses.field(default=None, repr=False, compare=False)
   silent: np.ndarray = dataclasses.field(default=None, repr=False, compare=False)
+  stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class LipSyncer:
@@ -181,6 +208,14 @@ class LipSyncer:
         predictor.load_checkpoint(checkpoint_dir), dtype=options.dtype,
         batch_size=options.batch_size, render_size=options.render_size,
         num_refs=options.num_refs, num_landmark_refs=options.num_landmark_refs)
+
+  @classmethod
+  def from_predictor(cls, model: predictor.Predictor, options: InferenceOptions) -> LipSyncer:
+    """A syncer around a ready predictor (or a stand-in with its interface: host-only
+    benchmarks and tests, `ip_lap_jax.inference.standin`)."""
+    syncer = cls.__new__(cls)
+    syncer.options, syncer.checkpoint_dir, syncer.predictor = options, None, model
+    return syncer
 
   @property
   def batch_size(self) -> int:
@@ -265,8 +300,10 @@ class LipSyncer:
     # On an error before `.result()` the compile thread finishes on its own (daemon): the
     # error is reported at once, and a later run finds the executables cached.
     compiling = pipeline.run_in_thread(self.compile, "ip_lap_jax-compile")
-    track, cached = face_track.detect_template(template, small_faces=opts.small_faces,
-                                               cache_dir=opts.cache_dir, face=opts.face_choice)
+    clock = pipeline.StageClock()
+    with clock("detection"):
+      track, cached = face_track.detect_template(template, small_faces=opts.small_faces,
+                                                 cache_dir=opts.cache_dir, face=opts.face_choice)
     geometry = face_track.frame_geometry(track, opts.face_pad)
     if not geometry.usable.any():
       raise MediaError(template, f"no face found in any of its {track.num_frames} frames")
@@ -281,13 +318,14 @@ class LipSyncer:
                          mel_chunks=mel_chunks, num_out=num_out, closing=closing)
     target = pipeline.Output(path=output, audio_path=self._audio_track(template, audio, info),
                              metadata=self._metadata(), watermark=opts.watermark,
-                             debug_sketch=opts.debug_sketch, progress=progress)
+                             debug_sketch=opts.debug_sketch, progress=progress,
+                             crf=opts.crf, preset=opts.preset, workers=opts.workers)
     content = np.full((num_out, landmarks.NUM_CONTENT, 2), np.nan, np.float32)
     with FrameReader(template, track.num_frames,
                      frame_bytes=track.frame_hw[0] * track.frame_hw[1] * 3,
                      budget_bytes=opts.reverse_block_mib << 20) as reader:
       refs = pipeline.prepare_references(plan, reader, self.predictor)
-      passthrough = pipeline.run_pipeline(plan, reader, compiled, refs, target,
+      passthrough = pipeline.run_pipeline(plan, reader, compiled, refs, target, clock,
                                           landmarks_out=content)
     seconds = time.perf_counter() - start
     if passthrough:
@@ -297,7 +335,8 @@ class LipSyncer:
                            template_frames=track.num_frames, faceless_template_frames=faceless,
                            detection_cached=cached, render_size=self.render_size,
                            seconds=seconds, frames_per_second=num_out / seconds,
-                           landmarks=content, silent=silent)
+                           landmarks=content, silent=silent,
+                           stage_seconds=dict(clock.seconds))
 
   def _silence(self, wav: np.ndarray, num_out: int) -> tuple[np.ndarray, np.ndarray | None]:
     """(silent [num_out] bool, closing weights [num_out] or None for 'model')."""

@@ -1,8 +1,9 @@
 """Where the face is in each template frame: Face Mesh once per frame, cached on disk.
 
-`detect_template` runs Face Mesh on every frame at 25 fps, looking for up to
-`MAX_FACES` faces, and keeps one: the face `--face` chooses, followed from frame to
-frame (`face.selection`; a frame where it is lost counts as a frame without a face). The
+`detect_template` runs Face Mesh on every frame at 25 fps, in one process per usable
+core (`face.video_mesh`; the same result as one pass), looking for up to `MAX_FACES`
+faces, and keeps one: the face `--face` chooses, followed from frame to frame
+(`face.selection`; a frame where it is lost counts as a frame without a face). The
 result is cached under `cache_dir`, keyed by the template's SHA-256, the detector
 settings and the choice;
 `frame_geometry` derives what inference uses from it: the release's 25 px padded face
@@ -26,6 +27,7 @@ from ip_lap_jax.errors import require_file
 from ip_lap_jax.face import landmarks
 from ip_lap_jax.face import selection
 from ip_lap_jax.face import sketch
+from ip_lap_jax.face import video_mesh
 from ip_lap_jax.files import file_sha256
 from ip_lap_jax.media import video
 
@@ -108,13 +110,9 @@ def detect_template(template: str | os.PathLike[str], *, small_faces: bool = Fal
   if use_cache and cache_path.is_file():
     with np.load(cache_path) as data:
       return FaceTrack(points=data["points"], frame_hw=tuple(int(v) for v in data["frame_hw"])), True
-  faces: list[list[np.ndarray]] = []
-  frame_hw = None
-  with landmarks.FaceMeshDetector(small_faces=small_faces, max_num_faces=MAX_FACES) as detector:
-    for frame in video.iter_frames(template, fps=FPS):
-      frame_hw = tuple(int(v) for v in frame.shape[:2])
-      faces.append([p[landmarks.ALL_INDICES] for p in detector.detect_all(frame)])
-  track = FaceTrack(points=choose_faces(faces, face, frame_hw), frame_hw=frame_hw)
+  faces, frame_hw = detect_points(template, small_faces=small_faces)
+  found = [[f for f in frame if not np.isnan(f).any()] for frame in faces]
+  track = FaceTrack(points=choose_faces(found, face, frame_hw), frame_hw=frame_hw)
   if use_cache:
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_path.parent, suffix=".npz")
@@ -122,6 +120,23 @@ def detect_template(template: str | os.PathLike[str], *, small_faces: bool = Fal
     np.savez(tmp, points=track.points, frame_hw=np.array(track.frame_hw))
     os.replace(tmp, cache_path)  # atomic: a reader never sees half a file
   return track, False
+
+
+def detect_points(template: str, *, small_faces: bool = False,
+                  workers: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+  """Face Mesh on every template frame, uncached: (faces [F, MAX_FACES, 131, 2], NaN rows
+  after each frame's last face, (height, width)).
+
+  Args:
+    workers: processes; None: one per usable core, at most one per
+      `video_mesh.MIN_FRAMES_PER_WORKER` frames (a short clip or a still runs here).
+  """
+  info = video.probe(template)
+  num_frames = 1 if video.is_image(template) else int(round(info.duration * FPS))
+  if workers is None:
+    workers = video_mesh.worker_count(num_frames, len(os.sched_getaffinity(0)))
+  return video_mesh.detect_video(template, small_faces=small_faces, max_faces=MAX_FACES,
+                                 workers=workers, num_frames=num_frames)
 
 
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:

@@ -85,3 +85,17 @@ class FrameReader:
       for i in range(lo, index + 1):
         self._cache[i] = self._advance_to(i)
     return self._cache[index]
+
+  def take(self, index: int, again: bool = False) -> np.ndarray:
+    """uint8 [H, W, 3] frame `index` for the caller to own: it may change it in place.
+
+    The reader forgets the frame it hands over, so a change never reaches a later
+    request (a later request for it decodes it again). `again`: the next request is for
+    this index too (a ping-pong turn, a still photo), so the reader keeps its frame and
+    hands over a copy instead of decoding twice.
+    """
+    frame = self.get(index)
+    if again:
+      return frame.copy()
+    del self._cache[index]
+    return frame

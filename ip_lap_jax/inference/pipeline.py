@@ -1,18 +1,25 @@
-"""The streaming part of a run: three threads around the device.
+"""The streaming part of a run: threads around the device.
 
 A producer thread decodes, crops and prepares batch i+1 (`_batches`), the calling thread
 runs the landmark generator, draws the sketches and starts the renderer on batch i
-(`_infer_batch`), and a writer thread pastes, watermarks and encodes batch i-1
-(`_write`). Queues between them hold two batches, so memory stays bounded; when one
-thread fails the others stop and the first error is raised in the caller.
+(`_infer_batch`); after the device, a pool of `Output.workers` threads pastes and
+watermarks whole batches (`_compose`, in place into frames the pipeline owns; numpy and
+OpenCV release the GIL) and one encoder thread writes their frames in order (`_write`),
+libx264 running its own threads. Queues between the stages hold a few batches, so
+memory stays bounded; when one thread fails the others stop, the output file is not
+created and the first error is raised in the caller.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import contextlib
 import dataclasses
+import os
 import queue
 import threading
+import time
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import cv2
@@ -50,6 +57,36 @@ def run_in_thread(fn: Callable[[], T], name: str) -> concurrent.futures.Future[T
   return future
 
 
+def usable_cores() -> int:
+  """CPU cores this process may run on (its affinity mask, e.g. under `taskset`)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
+class StageClock:
+  """Seconds spent in each stage of a run, summed over the threads that run it.
+
+  Stages of parallel threads add up to more than the wall time; their shares show where
+  the host's time goes (`InferenceResult.stage_seconds`).
+  """
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self.seconds: dict[str, float] = collections.defaultdict(float)
+
+  @contextlib.contextmanager
+  def __call__(self, stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      elapsed = time.perf_counter() - start
+      with self._lock:
+        self.seconds[stage] += elapsed
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """What a run renders: the template's faces and the speech's frames.
@@ -82,6 +119,9 @@ class Output:
     watermark: embed the invisible watermark in every frame.
     debug_sketch: put the centre frame's sketch left of each frame.
     progress: show a progress bar.
+    crf, preset: libx264's quality and effort (`video.VideoWriter`).
+    workers: threads pasting and watermarking batches; 0: one per usable core.
+    encoder_threads: libx264's threads; 0: one per usable core.
   """
   path: str
   audio_path: str | None
@@ -89,6 +129,10 @@ class Output:
   watermark: bool
   debug_sketch: bool
   progress: bool
+  crf: int = 18
+  preset: str = "veryfast"
+  workers: int = 0
+  encoder_threads: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +172,7 @@ def prepare_references(plan: Plan, reader: FrameReader, predictor: Predictor) ->
 @dataclasses.dataclass
 class _Item:
   """One rendered window (or a pass-through frame) on its way to the writer."""
-  frame: np.ndarray  # uint8 [H, W, 3] background
+  frame: np.ndarray  # uint8 [H, W, 3] background, owned by this item (pasted in place)
   outputs: list[int]  # output positions it fills
   slot: int | None  # row in the batch, None = pass through unchanged
   template_index: int
@@ -173,9 +217,14 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
   return _DONE
 
 
-def _batches(plan: Plan, reader: FrameReader, batch_size: int, size: int) -> Iterator[_Batch]:
-  """Batches of windows in output order, the last padded to `batch_size` (producer)."""
+def _batches(plan: Plan, reader: FrameReader, batch_size: int, size: int,
+             clock: StageClock) -> Iterator[_Batch]:
+  """Batches of windows in output order, the last padded to `batch_size` (producer).
+
+  Each item owns its frame (`FrameReader.take`): the writer pastes into it in place.
+  """
   geometry, length = plan.geometry, plan.track.num_frames
+  num_windows = schedule.num_windows(plan.num_out)
 
   def empty() -> dict[str, np.ndarray]:
     return {"faces": np.zeros((batch_size, size, size, 3), np.float32),
@@ -184,13 +233,16 @@ def _batches(plan: Plan, reader: FrameReader, batch_size: int, size: int) -> Ite
             "frames": np.zeros((batch_size, WINDOW), np.int64)}
 
   arrays, items, count = empty(), [], 0
-  for window in range(schedule.num_windows(plan.num_out)):
+  for window in range(num_windows):
     t = int(schedule.pingpong(window + CENTRE, length))
-    frame = reader.get(t)
+    again = window + 1 < num_windows and int(schedule.pingpong(window + 1 + CENTRE, length)) == t
+    with clock("decode"):
+      frame = reader.take(t, again)
     slot = None
     if geometry.usable[t]:
       slot = count
-      arrays["faces"][slot] = geometry.face(frame, t, size)
+      with clock("prepare"):  # the crop and resize (the rest is indexing)
+        arrays["faces"][slot] = geometry.face(frame, t, size)
       frames = plan.fill[schedule.pingpong(schedule.window_positions(window), length)]
       arrays["frames"][slot] = frames
       arrays["pose"][slot] = geometry.pose[frames]
@@ -266,63 +318,124 @@ def _infer_batch(compiled: CompiledPredictor, batch: _Batch, geometry: FrameGeom
   return rendered, centre
 
 
-def _write(to_writer: queue.Queue, stop: threading.Event, plan: Plan, output: Output) -> int:
-  """Pastes, watermarks and encodes (writer thread); returns the pass-through frames."""
-  embed: Callable[[np.ndarray], np.ndarray] | None = None
+def _compose(entry: tuple[_Batch, jax.Array, np.ndarray], plan: Plan, output: Output,
+             clock: StageClock) -> list[tuple[np.ndarray, _Item]]:
+  """Pastes and watermarks one batch's frames (a pool thread); returns them in order.
+
+  Args:
+    entry: (batch, rendered uint8 [B, S, S, 3] still on the devices, centre sketches
+      float32 [B, 128, 128, 3]).
+  Returns:
+    (uint8 [H, W, 3] frame, or [H, 2W, 3] with `debug_sketch`; its item) per item. Work
+    per frame is the face box (paste) and the watermark's bounded tile lattice: the
+    items' own frames are changed in place, never copied.
+  """
+  batch, rendered, centre_sketches = entry
+  with clock("device wait"):
+    faces = np.asarray(rendered)
+  track, geometry = plan.track, plan.geometry
+  out = []
+  for item in batch.items:
+    frame = item.frame
+    if item.slot is not None:
+      with clock("paste"):
+        t = item.template_index
+        polygon = paste.mask_polygon(track.points[t], track.frame_hw)
+        paste.paste_face_inplace(frame, faces[item.slot], tuple(geometry.boxes[t]), polygon)
+    if output.debug_sketch:  # the only full-frame work, and only on request
+      with clock("debug sketch"):
+        if item.slot is None:
+          sketch_img = np.zeros_like(frame)
+        else:
+          h, w = track.frame_hw
+          sketch_img = (cv2.resize(centre_sketches[item.slot], (w, h)) * 255).astype(np.uint8)
+        frame = np.concatenate([sketch_img, frame], axis=1)
+    out.append((frame, item))
   if output.watermark:
     from ip_lap_jax.media import watermark
-    embed = watermark.embed_frame
+    with clock("watermark"):
+      watermark.embed_frames_inplace([frame for frame, _ in out])
+  return out
+
+
+def _write(to_writer: queue.Queue, stop: threading.Event, plan: Plan, output: Output,
+           clock: StageClock) -> int:
+  """Composes batches on a thread pool and encodes them in order (writer thread).
+
+  A dispatcher thread hands each batch to the pool as it arrives and queues its future;
+  this thread encodes the futures' frames in that order. At most `workers` batches are
+  queued for encoding, so memory stays bounded.
+
+  Returns:
+    The output frames passed through without a face.
+  """
   from tqdm import tqdm
 
-  track, geometry = plan.track, plan.geometry
-  h, w = track.frame_hw
+  workers = output.workers or usable_cores()
+  pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="ip_lap_jax-compose")
+  to_encoder: queue.Queue = queue.Queue(maxsize=workers)
+
+  def dispatch() -> None:
+    try:
+      while True:
+        entry = _get(to_writer, stop)
+        if entry is _DONE:
+          _put(to_encoder, _DONE, stop)
+          return
+        if not _put(to_encoder, pool.submit(_compose, entry, plan, output, clock), stop):
+          return
+    except BaseException as e:  # handed to the encoder loop, which raises it
+      _put(to_encoder, _Failure(e), stop)
+
+  dispatcher = run_in_thread(dispatch, "ip_lap_jax-dispatch")
   written = passthrough = 0
-  with tqdm(total=plan.num_out, unit="frame", disable=not output.progress,
-            desc="lip sync") as bar, \
-      video.VideoWriter(output.path, fps=FPS, audio_path=output.audio_path,
-                        metadata=output.metadata) as writer:
-    while True:
-      entry = _get(to_writer, stop)
-      if entry is _DONE:
-        if stop.is_set():  # abandoned: VideoWriter deletes its temporary file
-          raise RuntimeError("inference stopped before the video was complete")
-        break
-      batch, rendered, centre_sketches = entry
-      faces = np.asarray(rendered)  # waits for the device
-      for item in batch.items:
-        if item.slot is None:
-          out = item.frame
-          passthrough += len(item.outputs)
-          sketch_img = np.zeros_like(item.frame)
-        else:
-          t = item.template_index
-          polygon = paste.mask_polygon(track.points[t], track.frame_hw)
-          out = paste.paste_face(item.frame, faces[item.slot], tuple(geometry.boxes[t]), polygon)
-          sketch_img = (cv2.resize(centre_sketches[item.slot], (w, h)) * 255).astype(np.uint8)
-        if output.debug_sketch:
-          out = np.concatenate([sketch_img, out], axis=1)
-        if embed is not None:
-          out = embed(out)
-        for _ in item.outputs:
-          writer.write(out)
-        written += len(item.outputs)
-        bar.update(len(item.outputs))
-    if written != plan.num_out:
-      raise RuntimeError(f"wrote {written} frames, expected {plan.num_out}")
+  try:
+    with tqdm(total=plan.num_out, unit="frame", disable=not output.progress,
+              desc="lip sync") as bar, \
+        video.VideoWriter(output.path, fps=FPS, audio_path=output.audio_path,
+                          metadata=output.metadata, crf=output.crf, preset=output.preset,
+                          threads=output.encoder_threads or usable_cores()) as writer:
+      while True:
+        entry = _get(to_encoder, stop)
+        if entry is _DONE:
+          if stop.is_set():  # abandoned: VideoWriter deletes its temporary file
+            raise RuntimeError("inference stopped before the video was complete")
+          break
+        if isinstance(entry, _Failure):
+          raise entry.error
+        for frame, item in entry.result():
+          with clock("encode"):
+            for _ in item.outputs:
+              writer.write(frame)
+          written += len(item.outputs)
+          passthrough += len(item.outputs) if item.slot is None else 0
+          bar.update(len(item.outputs))
+      if written != plan.num_out:
+        raise RuntimeError(f"wrote {written} frames, expected {plan.num_out}")
+      with clock("encode"):
+        writer.close()  # flushes libx264's delayed frames and muxes the audio
+  except BaseException:
+    stop.set()  # the dispatcher, producer and device loop give up too
+    raise
+  finally:
+    concurrent.futures.wait([dispatcher])
+    pool.shutdown(wait=True, cancel_futures=True)
   return passthrough
 
 
 def run_pipeline(plan: Plan, reader: FrameReader, compiled: CompiledPredictor,
-                 refs: References, output: Output,
+                 refs: References, output: Output, clock: StageClock | None = None,
                  landmarks_out: np.ndarray | None = None) -> int:
   """Renders and writes every output frame; returns how many were passed through.
 
-  `landmarks_out` ([num_out, 57, 2]), when given, receives the centre content of each
-  rendered output frame (rows of pass-through frames are left as they are).
-
+  Args:
+    clock: adds up the seconds of each stage (None: a throwaway one).
+    landmarks_out: [num_out, 57, 2], when given, receives the centre content of each
+      rendered output frame (rows of pass-through frames are left as they are).
   Raises:
-    The first error of any of the three threads.
+    The first error of any thread.
   """
+  clock = clock if clock is not None else StageClock()
   stop = threading.Event()
   to_device: queue.Queue = queue.Queue(maxsize=2)
   to_writer: queue.Queue = queue.Queue(maxsize=2)
@@ -330,7 +443,8 @@ def run_pipeline(plan: Plan, reader: FrameReader, compiled: CompiledPredictor,
 
   def produce() -> None:
     try:
-      for batch in _batches(plan, reader, predictor.batch_size, predictor.render_size):
+      for batch in _batches(plan, reader, predictor.batch_size, predictor.render_size,
+                            clock):
         if not _put(to_device, batch, stop):
           return
       _put(to_device, _DONE, stop)
@@ -339,7 +453,7 @@ def run_pipeline(plan: Plan, reader: FrameReader, compiled: CompiledPredictor,
 
   def write() -> int:
     try:
-      return _write(to_writer, stop, plan, output)
+      return _write(to_writer, stop, plan, output, clock)
     except BaseException:
       stop.set()  # the producer and the device loop give up too
       raise
@@ -353,8 +467,9 @@ def run_pipeline(plan: Plan, reader: FrameReader, compiled: CompiledPredictor,
         break
       if isinstance(batch, _Failure):
         raise batch.error
-      rendered, sketches = _infer_batch(compiled, batch, plan.geometry, refs, plan.closing,
-                                        landmarks_out)
+      with clock("landmarks, sketches, render call"):
+        rendered, sketches = _infer_batch(compiled, batch, plan.geometry, refs, plan.closing,
+                                          landmarks_out)
       if not _put(to_writer, (batch, rendered, sketches), stop):
         break
     _put(to_writer, _DONE, stop)

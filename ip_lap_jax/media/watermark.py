@@ -162,20 +162,30 @@ def tile_stride(height: int, width: int) -> int:
   return max(1, int(np.sqrt(tiles / TARGET_TILES)))
 
 
+def _tile_lattice(frame: np.ndarray) -> np.ndarray:
+  """The marked tiles of one frame `[H, W, 3]` as a writable view `[r, 8, c, 8, 3]`.
+
+  Splitting axes and striding keep it a view, so assigning to it changes the frame.
+  """
+  h, w, _ = frame.shape
+  s = tile_stride(h, w)
+  nr, nc = h // TILE, w // TILE
+  tiles = frame[:nr * TILE, :nc * TILE].reshape(nr, TILE, nc, TILE, 3)[::s, :, ::s]
+  r, c = tiles.shape[0], tiles.shape[2]
+  if r * c < _MIN_BLOCKS:
+    raise ValueError(f"frame {h}x{w} too small to carry the watermark "
+                     f"(needs (H//8)*(W//8) >= {_MIN_BLOCKS}, e.g. 96x96)")
+  return tiles
+
+
 def _lattice(frames: np.ndarray) -> tuple[np.ndarray, int, int]:
   """The marked tiles of frames `[B, H, W, 3]` side by side: `[B * r * 8, c * 8, 3]`, r, c.
 
   Haar pairs never straddle two tiles (8 is even) and the colour conversion is per pixel,
   so marking this compact image tile by tile equals marking the tiles in place.
   """
-  b, h, w, _ = frames.shape
-  s = tile_stride(h, w)
-  nr, nc = h // TILE, w // TILE
-  tiles = frames[:, :nr * TILE, :nc * TILE].reshape(b, nr, TILE, nc, TILE, 3)[:, ::s, :, ::s]
-  r, c = tiles.shape[1], tiles.shape[3]
-  if r * c < _MIN_BLOCKS:
-    raise ValueError(f"frame {h}x{w} too small to carry the watermark "
-                     f"(needs (H//8)*(W//8) >= {_MIN_BLOCKS}, e.g. 96x96)")
+  tiles = np.stack([_tile_lattice(frame) for frame in frames])
+  b, r, _, c, _, _ = tiles.shape
   return tiles.reshape(b * r * TILE, c * TILE, 3), r, c
 
 
@@ -200,32 +210,52 @@ def _haar_approx(plane: np.ndarray) -> np.ndarray:
   return 0.5 * (p[0::2, 0::2] + p[0::2, 1::2] + p[1::2, 0::2] + p[1::2, 1::2])
 
 
-def embed_frames(frames_bgr: np.ndarray) -> np.ndarray:
-  """Embeds the payload into BGR uint8 frames `[B, H, W, 3]` (or one `[H, W, 3]`).
+def _marked(frames: np.ndarray) -> tuple[np.ndarray, int, int]:
+  """The lattice tiles of frames `[B, H, W, 3]` with the payload: uint8 `[B, r, 8, c, 8, 3]`.
 
-  Only the lattice tiles (`tile_stride`) change; every other pixel is returned as it was.
-  The frames of a batch are marked in one vectorised pass. Only the Haar approximation
-  band changes, so the inverse DWT is the frame plus each approximation change spread
-  over its 2x2 pixels (halved, as Haar's synthesis filters are 1/sqrt(2) per axis).
+  Only the Haar approximation band changes, so the inverse DWT is the frame plus each
+  approximation change spread over its 2x2 pixels (halved, as Haar's synthesis filters
+  are 1/sqrt(2) per axis).
   """
-  frames = _as_frames(frames_bgr)
-  single = np.asarray(frames_bgr).ndim == 3
   compact, r, c = _lattice(frames)
   yuv = _to_yuv(compact)
-  bits = _tile_bits(r * c, frames.shape[0])
+  bits = _tile_bits(r * c, len(frames))
   for ch in CHANNELS:
     blocks, (nr, nc) = _blocks(_haar_approx(yuv[..., ch]))
     delta = (embed_blocks(blocks, bits) - blocks).reshape(nr, nc, BLOCK, BLOCK)
     delta = delta.transpose(0, 2, 1, 3).reshape(nr * BLOCK, nc * BLOCK)
     yuv[..., ch] += 0.5 * np.repeat(np.repeat(delta, 2, axis=0), 2, axis=1)
   bgr = cv2.cvtColor(yuv * (1 / 255), cv2.COLOR_YUV2BGR) * 255
-  marked_tiles = np.clip(np.rint(bgr), 0, 255).astype(np.uint8)
+  return np.clip(np.rint(bgr), 0, 255).astype(np.uint8).reshape(len(frames), r, TILE, c, TILE, 3)
+
+
+def embed_frames_inplace(frames_bgr: Sequence[np.ndarray]) -> None:
+  """Embeds the payload into each BGR uint8 frame `[H, W, 3]` of a list, in place.
+
+  All frames have one size. Only the lattice tiles are read and written (gathered into
+  one batch and marked in one vectorised pass), so the cost does not grow with the
+  frame beyond `TARGET_TILES` tiles and no frame is copied. Equals `embed_frames`.
+  """
+  if not len(frames_bgr):
+    return
+  for frame in frames_bgr[:1]:
+    video.as_bgr_frame(frame, "watermark")
+  marked = _marked(frames_bgr)
+  for frame, tiles in zip(frames_bgr, marked):
+    _tile_lattice(frame)[...] = tiles
+
+
+def embed_frames(frames_bgr: np.ndarray) -> np.ndarray:
+  """Embeds the payload into BGR uint8 frames `[B, H, W, 3]` (or one `[H, W, 3]`).
+
+  Only the lattice tiles (`tile_stride`) change; every other pixel is returned as it was.
+  The frames of a batch are marked in one vectorised pass (`embed_frames_inplace` on a
+  copy).
+  """
+  frames = _as_frames(frames_bgr)
   out = frames.copy()
-  b, h, w, _ = frames.shape
-  s, rows, cols = tile_stride(h, w), h // TILE * TILE, w // TILE * TILE
-  view = out[:, :rows, :cols].reshape(b, rows // TILE, TILE, cols // TILE, TILE, 3)
-  view[:, ::s, :, ::s] = marked_tiles.reshape(b, r, TILE, c, TILE, 3)
-  return out[0] if single else out
+  embed_frames_inplace(out)
+  return out[0] if np.asarray(frames_bgr).ndim == 3 else out
 
 
 def embed_frame(frame_bgr: np.ndarray) -> np.ndarray:
