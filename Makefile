@@ -26,7 +26,7 @@ demo: env
 	$(PY) -m ip_lap_jax.demo --out demo_out
 
 test: env
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=40 tests
 
 bench: env
 	$(PY) benchmarks/bench_models.py

@@ -79,7 +79,8 @@ def test_load_m4a_is_16k_mono_of_right_length(media):
   assert (samples.shape[0], rate) == (sound.channels, sound.rate)
   assert wav.ndim == 1 and wav.dtype == np.float32
   assert len(wav) == math.ceil(samples.shape[1] * 16000 / rate)
-  assert abs(len(wav) / 16000 - sound.seconds) < 0.05  # AAC pads to whole 1024-sample frames
+  # AAC pads to whole 1024-sample frames; the MP4 track's declared length trims that off.
+  assert samples.shape[1] == round(sound.seconds * rate)
   # The lead-in silence stays silent, the speech after it does not.
   lead = int(media_fixtures.SILENCE_S * 16000)
   assert np.max(np.abs(wav[:lead // 2])) < 1e-3 and np.std(wav[lead:]) > 1e-2
@@ -167,3 +168,18 @@ def test_training_window_and_inference_chunks_agree():
   # Every full window is used: the next start would run past the end.
   assert int(len(chunks) * 80 / 25) + 16 > mel.shape[1]
   assert audio.inference_mel_chunks(mel[:, :15]).shape == (0, 80, 16)
+
+
+def test_aac_padding_is_trimmed_so_the_frame_count_holds(tmp_path):
+  """A 2.00 s track muxed as AAC decodes to 2.00 s (not 2.048), so 50 frames, not 51."""
+  from ip_lap_jax.inference import schedule
+  from ip_lap_jax.media import video
+
+  wav = np.sin(np.linspace(0, 400 * np.pi, 32000)).astype(np.float32) * 0.3
+  audio.save_wav(tmp_path / "speech.wav", wav)
+  with video.VideoWriter(tmp_path / "clip.mp4", fps=25, audio_path=tmp_path / "speech.wav") as out:
+    for _ in range(50):
+      out.write(np.full((32, 32, 3), 128, np.uint8))
+  samples, rate = audio.decode_audio(tmp_path / "clip.mp4")
+  assert (samples.shape, rate) == ((1, 32000), 16000)
+  assert schedule.output_frame_count(len(audio.load_audio(tmp_path / "clip.mp4"))) == 50

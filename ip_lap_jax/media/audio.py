@@ -67,6 +67,7 @@ def decode_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
       # fltp = float32 planar; layout and rate stay those of the source.
       resampler = av.AudioResampler(format="fltp")
       rate = 0
+      declared = _declared_length(container, stream)
       for frame in container.decode(stream):
         for out in resampler.resample(frame):
           rate = out.sample_rate
@@ -80,7 +81,24 @@ def decode_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
   if not chunks or sum(c.shape[-1] for c in chunks) == 0:
     raise MediaError(path, "audio stream has no samples")
   samples = np.concatenate(chunks, axis=-1).astype(np.float32, copy=False)
+  if declared is not None and declared[1] == rate and 0 < declared[0] < samples.shape[-1]:
+    samples = samples[:, :declared[0]]
   return samples, int(rate)
+
+
+def _declared_length(container, stream) -> tuple[int, int] | None:
+  """(samples, rate) an MP4/MOV audio track declares, or None where none is exact.
+
+  AAC encodes whole 1024-sample frames, so its decoder returns the last frame's padding
+  too: a 2.00 s track decodes to 2.048 s, and the output video would gain a frame. The
+  MP4 family stores the true length (the edit list / track duration); other containers
+  (mp3's estimate from the bitrate, say) are left untrimmed.
+  """
+  if "mp4" not in container.format.name.split(","):
+    return None
+  if not stream.duration or stream.time_base is None or not stream.sample_rate:
+    return None
+  return int(round(stream.duration * stream.time_base * stream.sample_rate)), stream.sample_rate
 
 
 def load_audio(path: str | os.PathLike[str], sr: int = SAMPLE_RATE) -> np.ndarray:
