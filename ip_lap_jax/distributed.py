@@ -17,6 +17,7 @@ after `heartbeat_timeout_s`, which then stops the others with an error naming it
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -61,6 +62,27 @@ def _stop(client, me: int, grace_s: float) -> None:
         pass
       time.sleep(0.1)
   _exit(1)
+
+
+# How long a process waits at a barrier for its peers: a large step can take many minutes
+# to compile on a busy host.
+BARRIER_TIMEOUT_S = 3600
+_barriers = itertools.count()
+
+
+def barrier(what: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+  """Returns once every process has called it (in the same order, with the same `what`).
+
+  A barrier of the coordination service, not a collective, so its timeout is ours. XLA's
+  CPU collectives (gloo) connect the processes anew for each compiled program on its
+  first run and give up after 30 s, so a process that starts a new program while a peer
+  is still compiling it fails. Called between compiling and the first run
+  (`parallel.data_parallel`), it lines the processes up to within milliseconds there.
+  """
+  if jax.process_count() == 1:
+    return
+  _client().wait_at_barrier(f"ip_lap_jax/barrier/{next(_barriers)}/{what}",
+                            int(timeout_s * 1000))
 
 
 def initialize(heartbeat_timeout_s: int = 100) -> None:

@@ -17,6 +17,9 @@ per-device until the step's explicit pmean (with the check on, shard_map would i
 psum in the transpose of the implicit broadcast and the pmean would then double-count).
 Both pmap over global devices and this form were checked to run across 2 processes x 4
 CPU devices with gloo collectives in JAX 0.10.2.
+
+With several processes, every program that communicates is compiled ahead of its first
+run and the processes meet at a barrier in between (`distributed.barrier` says why).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ip_lap_jax import distributed
 
 AXIS = "batch"
 REPLICATED = PartitionSpec()
@@ -85,20 +90,47 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
   return out
 
 
+class _MeetAfterCompiling:
+  """A jitted function that, with several processes, compiles each new input signature
+  ahead of time and then waits for every process before the first run."""
+
+  def __init__(self, jitted: Any, name: str):
+    self._jitted = jitted
+    self._name = name
+    self._compiled: dict[Any, Any] = {}
+
+  def __call__(self, *args: Any) -> Any:
+    if jax.process_count() == 1:
+      return self._jitted(*args)
+    leaves, treedef = jax.tree.flatten(args)
+    key = (treedef, tuple((np.shape(x), np.result_type(x), getattr(x, "sharding", None))
+                          for x in leaves))
+    compiled = self._compiled.get(key)
+    if compiled is None:
+      compiled = self._jitted.lower(*args).compile()
+      distributed.barrier(f"compiled {self._name}")
+      self._compiled[key] = compiled
+    return compiled(*args)
+
+
 def data_parallel(fn: Callable[..., Any], mesh: Mesh, in_specs: Any, out_specs: Any,
                   donate_argnums: int | tuple[int, ...] = ()) -> Callable[..., Any]:
   """`fn`, a per-device function reducing over AXIS, compiled over `mesh` (see above)."""
-  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                               check_vma=False), donate_argnums=donate_argnums)
+  name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "step")
+  return _MeetAfterCompiling(
+      jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                            check_vma=False), donate_argnums=donate_argnums), name)
 
 
 def allgather_bytes(data: bytes) -> list[bytes]:
   """Every process's `data`, in process order (the same list on all processes)."""
   if jax.process_count() == 1:
     return [data]
+  distributed.barrier("allgather_bytes")  # each call may compile a new program
   sizes = multihost_utils.process_allgather(np.asarray(len(data), np.int64))
   buf = np.zeros(int(np.max(sizes)), np.uint8)
   buf[:len(data)] = np.frombuffer(data, np.uint8)
+  distributed.barrier("allgather_bytes rows")
   rows = multihost_utils.process_allgather(buf)
   return [bytes(rows[p, :int(sizes[p])]) for p in range(len(sizes))]
 
@@ -107,6 +139,7 @@ def agree(value: int, what: str) -> int:
   """`value` after checking that every process computed the same; raises naming them."""
   if jax.process_count() == 1:
     return value
+  distributed.barrier("agree")
   values = multihost_utils.process_allgather(np.asarray(value, np.int64))
   if len(set(values.tolist())) > 1:
     raise RuntimeError(f"processes disagree on {what}: "

@@ -55,6 +55,27 @@ sys.argv[0] = "train.py"
 runpy.run_path("train.py", run_name="__main__")
 """
 
+# Process 1 reaches each new program LATE_S after process 0: beyond gloo's 30 s
+# connection set-up, which a program's first run would otherwise not survive.
+LATE_S = 35
+LATE_PEER_DRIVER = f"""
+import time
+import jax
+import numpy as np
+from ip_lap_jax import distributed, parallel
+distributed.initialize()
+mesh = parallel.global_mesh()
+step = parallel.data_parallel(lambda x: jax.lax.psum(x, "batch"), mesh, parallel.SHARDED,
+                              parallel.REPLICATED)
+rows = parallel.shard_batch({{"x": np.full((4,), jax.process_index() + 1.0, np.float32)}}, mesh)
+if jax.process_index() == 1:
+  time.sleep({LATE_S})
+print("sum", float(np.asarray(step(rows["x"]).addressable_data(0))[0]), flush=True)
+if jax.process_index() == 0:
+  time.sleep({LATE_S})
+print("gathered", parallel.allgather_bytes(b"x" * (jax.process_index() + 1)), flush=True)
+"""
+
 
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory):
@@ -254,3 +275,15 @@ def test_failure_on_one_process_stops_both(layout, cache_dir, tmp_path):
   assert status0 == 1, log0[-3000:]
   assert "process 0 stops because process 1 on" in log0 and "injected failure" in log0
   assert t0 - t1 < 30, (t0, t1)  # bounded by the poll interval, not a transport timeout
+
+
+def test_a_late_process_does_not_break_the_first_collective(tmp_path):
+  """Each new program is compiled, then the processes meet, then it runs: a peer
+  arriving LATE_S later is waited for, not dropped by gloo's 30 s connection set-up."""
+  results = _launch([], tmp_path, tmp_path / "cache", processes=2,
+                    driver=[sys.executable, "-c", LATE_PEER_DRIVER])
+  for i, (status, seconds, log) in enumerate(results):
+    assert status == 0, f"process {i} exited {status}:\n{log[-3000:]}"
+    assert "sum 12.0" in log, log[-3000:]  # 4 devices x 1 + 4 devices x 2
+    assert "gathered [b'x', b'xx']" in log, log[-3000:]
+    assert seconds > 2 * LATE_S
