@@ -7,8 +7,8 @@ process so that the peaks do not mix:
 
 1. a warm-up run on 0.4 s of the same speech compiles both models (the same shapes as
    the measured run) and fills the detection cache;
-2. the measured run, with `tracemalloc` on (Python and numpy allocations: numpy reports
-   its buffers to it) and the process's peak resident set (`getrusage` maxrss, which
+2. the measured run, optionally with `tracemalloc` on (Python and numpy allocations:
+   numpy reports its buffers to it), and the process's peak resident set (`getrusage` maxrss, which
    also counts XLA's buffers, the decoder, the encoder and MediaPipe) read before and
    after it.
 
@@ -20,7 +20,7 @@ it, so "growth" is the difference of peaks, not of current use.
 Tiny render sizes keep it a CPU benchmark (render 16 px, N=2, the random-weight
 checkpoint of the tests); the memory that could grow with length is outside the models.
 
-Run:
+Run (add --tracemalloc for the Python/numpy allocation peak too):
   .venv/bin/python benchmarks/bench_long_input.py --lengths 10 60 --json /tmp/long.json
 """
 
@@ -68,8 +68,11 @@ def prepare(root: pathlib.Path, template_s: float, audio_s: float) -> None:
   audio_lib.save_wav(root / "speech.wav", synthetic.synth_speech(audio_s, seed=11))
 
 
-def measure(root: pathlib.Path, seconds: float, batch_size: int) -> dict:
-  """One length, in this process (the child): warm-up, then the measured run."""
+def measure(root: pathlib.Path, seconds: float, batch_size: int, trace: bool) -> dict:
+  """One length, in this process (the child): warm-up, then the measured run.
+
+  `trace`: tracemalloc on during the run (it slows every Python allocation several-fold).
+  """
   wav = audio_lib.load_audio(root / "speech.wav")
   for name, length in (("warm", 0.4), ("run", seconds)):
     audio_lib.save_wav(root / f"{name}_{seconds:g}.wav", wav[:int(length * audio_lib.SAMPLE_RATE)])
@@ -78,13 +81,16 @@ def measure(root: pathlib.Path, seconds: float, batch_size: int) -> dict:
   syncer = inference.LipSyncer(root / "ckpt", options)
   syncer.run(root / "template.mp4", root / f"warm_{seconds:g}.wav", root / f"warm_{seconds:g}.mp4")
   rss_warm = _maxrss_mib()
-  tracemalloc.start()
+  if trace:
+    tracemalloc.start()
   start = time.perf_counter()
   out = root / f"out_{seconds:g}.mp4"
   result = syncer.run(root / "template.mp4", root / f"run_{seconds:g}.wav", out)
   wall = time.perf_counter() - start
-  _, traced_peak = tracemalloc.get_traced_memory()
-  tracemalloc.stop()
+  traced_peak = float("nan")
+  if trace:
+    _, traced_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
   info = video.probe(out)
   return {"audio_s": seconds, "frames": info.num_frames, "video_s": info.num_frames / FPS,
           "expected_frames": int(round(seconds * FPS)), "template_frames": result.template_frames,
@@ -97,11 +103,14 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--lengths", type=float, nargs="+", default=[10.0, 60.0])
   p.add_argument("--template-s", type=float, default=9.0)
   p.add_argument("--batch-size", type=int, default=8)
+  p.add_argument("--tracemalloc", action="store_true",
+                 help="also report the run's tracemalloc peak (much slower runs)")
   p.add_argument("--json", default=None)
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # root of a prepared run
   args = p.parse_args(argv)
   if args.child is not None:
-    print(json.dumps(measure(pathlib.Path(args.child), args.lengths[0], args.batch_size)))
+    print(json.dumps(measure(pathlib.Path(args.child), args.lengths[0], args.batch_size,
+                             args.tracemalloc)))
     return 0
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
@@ -109,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     prepare(root, args.template_s, max(args.lengths))
     for seconds in args.lengths:
       proc = subprocess.run([sys.executable, __file__, "--child", str(root), "--lengths",
-                             str(seconds), "--batch-size", str(args.batch_size)],
+                             str(seconds), "--batch-size", str(args.batch_size)]
+                            + (["--tracemalloc"] if args.tracemalloc else []),
                             capture_output=True, text=True, check=True)
       row = json.loads(proc.stdout.strip().splitlines()[-1])
       rows.append(row)
@@ -121,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     first, last = rows[0], rows[-1]
     growth = last["maxrss_after_run_mib"] / first["maxrss_after_run_mib"] - 1
     traced = last["tracemalloc_peak_mib"] / first["tracemalloc_peak_mib"] - 1
-    print(f"peak RSS growth {first['audio_s']:g} s -> {last['audio_s']:g} s: {100 * growth:+.1f}%; "
-          f"tracemalloc peak growth: {100 * traced:+.1f}%")
+    print(f"peak RSS growth {first['audio_s']:g} s -> {last['audio_s']:g} s: {100 * growth:+.1f}%"
+          + (f"; tracemalloc peak growth: {100 * traced:+.1f}%" if args.tracemalloc else ""))
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
   return 0
