@@ -166,3 +166,20 @@ def test_ground_truth_against_itself(setup):
   assert scores["lmd"] == 0.0 and scores["lmd_jaw_lips"] == 0.0
   np.testing.assert_allclose(features["generated"], features["gt"])
   assert scores["lse_c"] == pytest.approx(scores["gt_lse_c"])
+
+
+def test_per_frame_chunks_cover_every_frame_once():
+  """Full chunks of run._CHUNK, the last cut to a multiple of run._CHUNK_BUCKET; outputs
+  trimmed back to one per frame, in order."""
+  sizes = []
+
+  def fn(x: jax.Array, y: jax.Array) -> jax.Array:
+    sizes.append(len(x))
+    return x * 10 + y
+
+  for t in (1, 5, 8, 13, 32, 45, 64):
+    sizes.clear()
+    x = np.arange(t, dtype=np.float32)
+    np.testing.assert_array_equal(run.per_frame(fn, x, x[::-1].copy()), x * 10 + x[::-1])
+    assert all(s % run._CHUNK_BUCKET == 0 and s <= run._CHUNK for s in sizes), (t, sizes)
+    assert sizes[:-1] == [run._CHUNK] * (len(sizes) - 1) and sum(sizes) - t < run._CHUNK_BUCKET
