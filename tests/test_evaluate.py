@@ -7,6 +7,7 @@ import csv
 import json
 import pathlib
 import shutil
+from typing import Callable
 
 import jax
 import numpy as np
@@ -17,7 +18,7 @@ from ip_lap_jax.data import preprocess, synthetic
 from ip_lap_jax.evaluation import generate, run
 from ip_lap_jax.models import registry, store
 
-CLIP_SECONDS = 1.2  # 30 frames: enough SyncNet windows (>= 6)
+CLIP_SECONDS = 0.64  # 16 frames: 11 SyncNet windows (>= 6); 14 generation windows, 4 batches
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +34,16 @@ def setup(tmp_path_factory) -> dict[str, pathlib.Path]:
            "syncnet": registry.official_spec("syncnet"),
            "lpips": registry.official_spec("lpips"),
            "inception": registry.official_spec("inception")}
-  for i, (name, spec) in enumerate(specs.items()):
-    variables = registry.init_variables(spec, jax.random.key(i))
-    folder = root / "ckpt" / name if name in ("landmark_generator", "renderer") else root / name
-    store.save_model(folder, spec, variables, provenance={"model": name})
+  # Each init runs once: XLA's optimisations would cost more compile time than they save.
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    for i, (name, spec) in enumerate(specs.items()):
+      variables = registry.init_variables(spec, jax.random.key(i))
+      folder = root / "ckpt" / name if name in ("landmark_generator", "renderer") else root / name
+      store.save_model(folder, spec, variables, provenance={"model": name})
+  finally:
+    jax.config.update("jax_disable_most_optimizations", old)
   return {"root": root, "data": root / "data", "list": root / "test.txt",
           "ckpt": root / "ckpt", "syncnet": root / "syncnet", "lpips": root / "lpips",
           "inception": root / "inception"}
@@ -49,9 +56,24 @@ def _config(s: dict[str, pathlib.Path], setting: str, **kw) -> run.EvalConfig:
                         batch_size=4, **kw)
 
 
+@pytest.fixture(scope="module")
+def evaluated(setup, tmp_path_factory) -> Callable[[str], tuple[dict, pathlib.Path]]:
+  """setting -> (summary, output folder) of its evaluation with every metric network: run
+  once, on first use, and read by several tests (which must not change the folder)."""
+  runs: dict[str, tuple[dict, pathlib.Path]] = {}
+
+  def get(setting: str) -> tuple[dict, pathlib.Path]:
+    if setting not in runs:
+      out = tmp_path_factory.mktemp(setting)
+      runs[setting] = run.evaluate(_config(setup, setting), out, progress=False), out
+    return runs[setting]
+
+  return get
+
+
 @pytest.mark.parametrize("setting", run.SETTINGS)
-def test_both_settings_write_all_outputs(setup, tmp_path, setting):
-  summary = run.evaluate(_config(setup, setting), tmp_path, progress=False)
+def test_both_settings_write_all_outputs(evaluated, setting):
+  summary, out = evaluated(setting)
   assert summary["scored"] == 3 and not summary["failed"]
   metrics = summary["metrics"]
   expected = (["psnr", "ssim", "lpips", "lmd", "lmd_jaw_lips"] if setting == "reconstruction"
@@ -64,17 +86,18 @@ def test_both_settings_write_all_outputs(setup, tmp_path, setting):
     assert isinstance(metrics[name], float) and np.isfinite(metrics[name]), (name, metrics[name])
   if setting == "dubbing":
     assert "psnr" not in metrics
-    pairs = json.loads((tmp_path / "pairs.json").read_text())["driving_audio"]
+    pairs = json.loads((out / "pairs.json").read_text())["driving_audio"]
     assert sorted(pairs) == sorted(pairs.values()) and all(k != v for k, v in pairs.items())
-  with open(tmp_path / "per_clip.csv", encoding="utf-8") as f:
+  with open(out / "per_clip.csv", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
   assert {r["clip"] for r in rows} == {f"spk/clip{i:03d}" for i in range(3)}
   assert {r["metric"] for r in rows} >= set(expected) - {"fid"}
-  table = (tmp_path / "summary.md").read_text()
+  table = (out / "summary.md").read_text()
   assert "| ground truth |" in table and "LSE-C" in table and "pooled" in table
 
 
-def test_missing_weights_are_na_and_resume_gives_the_same_summary(setup, tmp_path, monkeypatch):
+def test_missing_weights_are_na_and_resume_gives_the_same_summary(setup, evaluated, tmp_path,
+                                                                  monkeypatch):
   cfg = run.EvalConfig(checkpoint=str(setup["ckpt"]), data=str(setup["data"]),
                        test_list=str(setup["list"]), num_refs=2, batch_size=4)
   calls = []
@@ -92,7 +115,13 @@ def test_missing_weights_are_na_and_resume_gives_the_same_summary(setup, tmp_pat
   monkeypatch.setattr(run, "_evaluate_clip", original)
   assert len(list((tmp_path / "resumed" / "clips").glob("*.json"))) == 1
   resumed = run.evaluate(cfg, tmp_path / "resumed", progress=False)
+  # The uninterrupted run: the module's reconstruction run (the metric networks do not
+  # change what is generated), summarised by evaluate without their weights; every clip
+  # is done, so nothing is generated again.
+  shutil.copytree(evaluated("reconstruction")[1], tmp_path / "whole")
+  (tmp_path / "whole" / "run.json").unlink()  # it records the weights
   whole = run.evaluate(cfg, tmp_path / "whole", progress=False)
+  assert len(list((tmp_path / "whole" / "clips").glob("*.json"))) == 3
   assert resumed["metrics"] == whole["metrics"]
   assert resumed["metrics"]["lse_c"] == "n/a (--syncnet CKPT)"
   assert resumed["metrics"]["lpips"] == "n/a (--lpips CKPT)"
@@ -137,3 +166,20 @@ def test_ground_truth_against_itself(setup):
   assert scores["lmd"] == 0.0 and scores["lmd_jaw_lips"] == 0.0
   np.testing.assert_allclose(features["generated"], features["gt"])
   assert scores["lse_c"] == pytest.approx(scores["gt_lse_c"])
+
+
+def test_per_frame_chunks_cover_every_frame_once():
+  """Full chunks of run._CHUNK, the last cut to a multiple of run._CHUNK_BUCKET; outputs
+  trimmed back to one per frame, in order."""
+  sizes = []
+
+  def fn(x: jax.Array, y: jax.Array) -> jax.Array:
+    sizes.append(len(x))
+    return x * 10 + y
+
+  for t in (1, 5, 8, 13, 32, 45, 64):
+    sizes.clear()
+    x = np.arange(t, dtype=np.float32)
+    np.testing.assert_array_equal(run.per_frame(fn, x, x[::-1].copy()), x * 10 + x[::-1])
+    assert all(s % run._CHUNK_BUCKET == 0 and s <= run._CHUNK for s in sizes), (t, sizes)
+    assert sizes[:-1] == [run._CHUNK] * (len(sizes) - 1) and sum(sizes) - t < run._CHUNK_BUCKET

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import jax
 import numpy as np
 
 from ip_lap_jax.constants import CENTRE, FACE_SIZE, FPS, WINDOW
@@ -89,13 +90,21 @@ class Generator:
     num_refs, num_landmark_refs: N and Nl (release: 25 and 15).
     batch_size: windows per device call; dtype: compute dtype.
     box_px: face box size the sketches are drawn for.
+    devices: devices to split each batch over (default: every device when they are
+      accelerators; one CPU device otherwise: fake CPU devices share the same cores, so
+      splitting a batch over them only adds partitioning and synchronisation).
   """
 
   def __init__(self, saved, *, num_refs: int = 25, num_landmark_refs: int = 15,
-               batch_size: int = 8, dtype: str = "float32", box_px: int = FACE_SIZE):
+               batch_size: int = 8, dtype: str = "float32", box_px: int = FACE_SIZE,
+               devices: list[jax.Device] | None = None):
+    if devices is None:
+      devices = jax.devices()
+      if devices[0].platform == "cpu":
+        devices = jax.local_devices()[:1]
     self.predictor = predictor_lib.Predictor(
         saved, dtype=dtype, batch_size=batch_size, render_size=None, num_refs=num_refs,
-        num_landmark_refs=num_landmark_refs)
+        num_landmark_refs=num_landmark_refs, devices=devices)
     self.compiled = self.predictor.compile()
     self.box_px = box_px
 

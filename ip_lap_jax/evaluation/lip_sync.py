@@ -111,6 +111,7 @@ def scores_from_distances(mean_dists: np.ndarray, vshift: int = VSHIFT) -> LipSy
 
 
 _FRAME_BUCKET = 32
+_WINDOW_BUCKET = 16
 
 
 def _pad_axis0(array: np.ndarray, multiple: int) -> np.ndarray:
@@ -141,8 +142,10 @@ class LipSyncScorer:
   Args:
     variables: SyncNet's {'params', 'batch_stats'} (`python -m ip_lap_jax.convert --src
       syncnet_v2.model`).
-    batch_size: windows per jitted call (rounded up to a multiple of the local devices);
-      the last batch is padded with repeats of a valid window and trimmed.
+    batch_size: windows per jitted call (rounded up to a multiple of the local devices).
+      The last batch shrinks to the fewest multiples of 16 windows that hold the rest
+      (at most batch_size / 16 shapes to compile, and a short clip is not embedded
+      batch_size times), padded with repeats of a valid window and trimmed.
     precision: SyncNet's `precision` (default: HIGHEST off CPU, so GPUs do not use TF32;
       XLA's default on CPU, which is float32 there). The convolution algorithm is the
       registry's resolution for the devices' platform (Winograd on CPU).
@@ -159,6 +162,7 @@ class LipSyncScorer:
     if precision == "auto":
       precision = None if devices[0].platform == "cpu" else jax.lax.Precision.HIGHEST
     self.batch_size = -(-batch_size // len(devices)) * len(devices)
+    self._bucket = -(-_WINDOW_BUCKET // len(devices)) * len(devices)
     mesh = Mesh(np.asarray(devices), ("batch",))
     self._batch_sharding = NamedSharding(mesh, PartitionSpec("batch"))
     self._replicated = NamedSharding(mesh, PartitionSpec())
@@ -180,11 +184,12 @@ class LipSyncScorer:
     cep = jax.device_put(np.ascontiguousarray(cep), self._replicated)
     lips, auds = [], []
     for first in range(0, count, self.batch_size):
-      starts = np.minimum(np.arange(first, first + self.batch_size), count - 1)
+      take = min(self.batch_size, count - first)
+      size = min(self.batch_size, -(-take // self._bucket) * self._bucket)
+      starts = np.minimum(np.arange(first, first + size), count - 1)
       lip, aud = _embed_batch(self._variables, frames, cep,
                              jax.device_put(starts.astype(np.int32), self._batch_sharding),
                              model=self._model)
-      take = min(self.batch_size, count - first)
       lips.append(np.asarray(lip)[:take])
       auds.append(np.asarray(aud)[:take])
     return np.concatenate(lips), np.concatenate(auds)

@@ -137,17 +137,24 @@ class _Scorers:
     return per_frame(lambda x: apply(variables, x), images)
 
 
-_CHUNK = 32  # frames per jitted call: fixed shapes, one compilation for every clip
+_CHUNK = 32  # frames per jitted call
+# A clip's last chunk is cut to a multiple of this: at most _CHUNK / _CHUNK_BUCKET
+# shapes to compile per function, and a short tail does not cost a whole chunk of
+# Inception.
+_CHUNK_BUCKET = 8
 
 
 def per_frame(fn: Any, *arrays: np.ndarray) -> np.ndarray:
-  """fn over frames [T, ...] of `arrays` in fixed chunks of _CHUNK (the last padded with
-  repeats and trimmed), concatenated: [T, ...]."""
+  """fn over frames [T, ...] of `arrays` in chunks of _CHUNK frames, the last one of the
+  fewest multiples of _CHUNK_BUCKET frames that hold the rest (padded with repeats and
+  trimmed), concatenated: [T, ...]."""
   t = len(arrays[0])
   outs = []
   for start in range(0, t, _CHUNK):
-    rows = np.minimum(np.arange(start, start + _CHUNK), t - 1)
-    outs.append(np.asarray(fn(*(jnp.asarray(a[rows]) for a in arrays)))[:min(_CHUNK, t - start)])
+    take = min(_CHUNK, t - start)
+    size = min(_CHUNK, -(-take // _CHUNK_BUCKET) * _CHUNK_BUCKET)
+    rows = np.minimum(np.arange(start, start + size), t - 1)
+    outs.append(np.asarray(fn(*(jnp.asarray(a[rows]) for a in arrays)))[:take])
   return np.concatenate(outs)
 
 

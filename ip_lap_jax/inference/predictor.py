@@ -21,7 +21,7 @@ import functools
 import os
 import pathlib
 import threading
-from typing import Any, Callable, Hashable, Mapping
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -111,7 +111,7 @@ def _compiled(key: Hashable, lower: Callable[[], Any]) -> Any:
 
 
 class Predictor:
-  """Both models of a checkpoint, replicated on every local device.
+  """Both models of a checkpoint, replicated on each of its devices (by default all).
 
   Batches are sharded over the devices along their first axis, so the batch size is
   rounded up to a multiple of the device count; references are replicated.
@@ -123,15 +123,17 @@ class Predictor:
     render_size: side S of the faces the renderer sees (the argument, or when that is
       None the renderer spec's image size).
     num_refs, num_landmark_refs: N and Nl.
+    devices: the devices batches are split over (default: every device of the process).
   """
 
   def __init__(self, saved: Mapping[str, store.SavedModel], *, dtype: str, batch_size: int,
-               render_size: int | None, num_refs: int, num_landmark_refs: int):
+               render_size: int | None, num_refs: int, num_landmark_refs: int,
+               devices: Sequence[jax.Device] | None = None):
     self.specs = {name: saved[name].spec for name in MODELS}
     self.models = {name: registry.build(spec, dtype=dtype) for name, spec in self.specs.items()}
     self.render_size = render_size or self.specs["renderer"].image_size
     self.num_refs, self.num_landmark_refs = num_refs, num_landmark_refs
-    self.devices = jax.devices()
+    self.devices = list(devices) if devices is not None else jax.devices()
     mesh = jax.sharding.Mesh(np.array(self.devices), ("batch",))
     self.batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
     self.replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
