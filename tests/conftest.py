@@ -14,11 +14,23 @@ Parameters `real:<file>` name a sample-folder clip, others a generated one (the 
 and `sound` fixtures resolve both), so one test body covers both kinds.
 """
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the run (the xdist workers inherit the variable):
+# many tests build the same models afresh (a LipSyncer or a training stage per test),
+# and their programs are then compiled once instead of once per test. Programs that
+# compile in under a second are not worth a disk round trip.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="ip_lap_jax_test_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import pytest  # noqa: E402
 
