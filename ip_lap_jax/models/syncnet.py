@@ -41,9 +41,9 @@ _BN = functools.partial(nn.BatchNorm, use_running_average=True, momentum=0.9, ep
 
 
 # Winograd F(4x4, 3x3) only from this many output pixels: on smaller maps its tiles'
-# padding and transforms outweigh the saved products, and XLA's convolution ran 1.6-3x
-# faster on every SyncNet 3x3 layer (13 x 13 lips, 13 x 20 and 11 x 9 audio;
-# benchmarks/README.md), none of which reaches it.
+# padding and transforms outweigh the saved products: XLA's convolution ran faster on
+# every SyncNet 3x3 layer (13 x 13 lips, 13 x 20 and 11 x 9 audio), none of which
+# reaches it.
 _WINOGRAD_MIN_PIXELS = 28 * 28
 
 
@@ -91,6 +91,11 @@ class Conv3d(nn.Module):
       y = conv_lib.winograd_conv3x3(stacked, folded)
     elif cpu_paths and self.padding == (0, 0) and self.strides != (1, 1):
       y = _strided_conv_by_row_phases(stacked, folded, self.strides)
+    elif cpu_paths and self.padding == (0, 0) and (kh, kw) == (h, w):
+      # A kernel over the whole map (the last lip layer) is one matrix product, which
+      # XLA's CPU backend ran several times faster than its convolution of the same sums.
+      y = (stacked.reshape(b * dout, -1) @ folded.reshape(-1, self.features)
+           ).reshape(b * dout, 1, 1, self.features)
     else:
       y = jax.lax.conv_general_dilated(
           stacked, folded, self.strides, ops.conv_padding(self.padding),
@@ -146,7 +151,7 @@ def _max_pool(x: Array, window: tuple[int, int], strides: tuple[int, int],
   positions never win (-inf padding, as PyTorch's).
 
   Maxima of strided slices, columns then rows: XLA's CPU reduce_window ran several times
-  slower on the lip maps (benchmarks/README.md). A maximum is exact in any order.
+  slower on the lip maps. A maximum is exact in any order.
   """
   if padding:
     pad = [(0, 0)] * (x.ndim - 3) + [(padding, padding)] * 2 + [(0, 0)]
