@@ -5,6 +5,7 @@ by window batch, as `SyncNetInstance.evaluate`)."""
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from ip_lap_jax import conversion
 from ip_lap_jax.models import registry, store
 from ip_lap_jax.evaluation import lip_sync
 from ip_lap_jax.evaluation import mfcc as mfcc_lib
+from ip_lap_jax.models import syncnet as syncnet_lib
 from ip_lap_jax.models.syncnet import SyncNet
 from torch_mirror.common import randomize_batchnorm_stats
 from tests.conversion_asserts import assert_conversion_error
@@ -87,6 +89,36 @@ def test_embeddings_match_torch_mirror(mirror, variables):
     err = float(np.abs(np.asarray(got) - want).max())
     print(f"syncnet max abs error {err:.3g} (max |embedding| {np.abs(want).max():.3g})")
     assert err <= 1e-4
+
+
+@pytest.mark.parametrize("shape, kernel, strides, chunk", [
+    ((3, 37, 29, 15), (7, 7), (2, 2), 2),  # the lip stem's layout; last chunk short
+    ((2, 21, 20, 5), (5, 3), (3, 2), 4),  # rows not a whole number of row groups
+    ((1, 9, 11, 2), (4, 2), (2, 1), 1),  # even kernel rows: no zero row
+    ((2, 8, 8, 3), (1, 3), (2, 2), 4),
+])
+def test_row_phase_conv_equals_lax_conv(shape, kernel, strides, chunk):
+  rng = np.random.default_rng(sum(shape))
+  x = rng.uniform(0, 255, shape).astype(np.float32)
+  k = rng.normal(0, 0.05, (*kernel, shape[-1], 6)).astype(np.float32)
+  want = jax.lax.conv_general_dilated(x, k, strides, "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      precision=jax.lax.Precision.HIGHEST)
+  got = syncnet_lib._strided_conv_by_row_phases(x, k, strides, chunk=chunk)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0,
+                             atol=1e-6 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("shape, window, strides, padding", [
+    ((2, 1, 19, 17, 3), (3, 3), (2, 2), 0), ((2, 1, 14, 13, 3), (3, 3), (2, 2), 1),
+    ((2, 13, 20, 4), (3, 3), (1, 2), 0)])
+def test_max_pool_equals_flax_max_pool(shape, window, strides, padding):
+  x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+  flat = x.reshape(-1, *shape[-3:])
+  want = nn.max_pool(flat, window, strides, ((padding, padding),) * 2)
+  got = syncnet_lib._max_pool(x, window, strides, padding)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want).reshape(*shape[:-3], *want.shape[1:]))
 
 
 def test_converter_layout_and_bad_keys(mirror, tmp_path):

@@ -40,15 +40,27 @@ MFCC_SHAPE = (13, 20)
 _BN = functools.partial(nn.BatchNorm, use_running_average=True, momentum=0.9, epsilon=1e-5)
 
 
+# Winograd F(4x4, 3x3) only from this many output pixels: on smaller maps its tiles'
+# padding and transforms outweigh the saved products: XLA's convolution ran faster on
+# every SyncNet 3x3 layer (13 x 13 lips, 13 x 20 and 11 x 9 audio), none of which
+# reaches it.
+_WINOGRAD_MIN_PIXELS = 28 * 28
+
+
+def _winograd_pays(algorithm: conv_lib.Algorithm, in_channels: int, h: int, w: int) -> bool:
+  """Whether a forward 3x3 convolution of an [*, h, w, in_channels] map takes Winograd."""
+  return h * w >= _WINOGRAD_MIN_PIXELS and conv_lib.uses_winograd(algorithm, in_channels)
+
+
 class Conv3d(nn.Module):
   """PyTorch's Conv3d without depth padding or depth stride, computed as a 2-D convolution.
 
   Params `kernel` [kd, kh, kw, Cin, Cout] and `bias` [Cout], as nn.Conv with a 3-D kernel
   would hold them. Every SyncNet Conv3d spans the whole clip in depth (kd = 5 on 5
   frames) or has kd = 1, so each output depth step is a 2-D convolution of the kd input
-  frames stacked on channels. That lets the 3x3 layers use `conv`'s Winograd path on CPU
-  and the strided stem use `_strided_conv_by_row_products`; XLA's 3-D convolution was
-  not compared.
+  frames stacked on channels. That lets 3x3 layers on large maps use `conv`'s Winograd
+  path on CPU and the strided stem use `_strided_conv_by_row_phases`; XLA's 3-D
+  convolution was not compared.
 
   __call__(x: [B, D, H, W, Cin]) -> [B, D - kd + 1, Ho, Wo, Cout].
   """
@@ -72,13 +84,18 @@ class Conv3d(nn.Module):
     stacked = jnp.concatenate([x[:, t:t + dout] for t in range(kd)], axis=-1)
     stacked = stacked.reshape(b * dout, h, w, kd * cin)
     folded = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kd * cin, self.features)
-    # 'mixed'/'winograd' (the CPU's resolution of 'auto') also take the row products.
+    # 'mixed'/'winograd' (the CPU's resolution of 'auto') also take the row phases.
     cpu_paths = self.conv_algorithm != "direct" and self.precision is None
     if ((kh, kw), self.strides, self.padding) == ((3, 3), (1, 1), (1, 1)) and cpu_paths and \
-        conv_lib.uses_winograd(self.conv_algorithm, kd * cin):
+        _winograd_pays(self.conv_algorithm, kd * cin, h, w):
       y = conv_lib.winograd_conv3x3(stacked, folded)
     elif cpu_paths and self.padding == (0, 0) and self.strides != (1, 1):
-      y = _strided_conv_by_row_products(stacked, folded, self.strides)
+      y = _strided_conv_by_row_phases(stacked, folded, self.strides)
+    elif cpu_paths and self.padding == (0, 0) and (kh, kw) == (h, w):
+      # A kernel over the whole map (the last lip layer) is one matrix product, which
+      # XLA's CPU backend ran several times faster than its convolution of the same sums.
+      y = (stacked.reshape(b * dout, -1) @ folded.reshape(-1, self.features)
+           ).reshape(b * dout, 1, 1, self.features)
     else:
       y = jax.lax.conv_general_dilated(
           stacked, folded, self.strides, ops.conv_padding(self.padding),
@@ -87,36 +104,64 @@ class Conv3d(nn.Module):
     return y.reshape(b, dout, *y.shape[1:])
 
 
-def _strided_conv_by_row_products(x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
-  """An unpadded strided convolution as kh matrix products.
+# Windows per matrix product in `_strided_conv_by_row_phases`: its two intermediates take
+# about 30 MB per window on the lip stem, and small chunks stay nearer the caches.
+_ROW_PHASE_CHUNK = 4
+
+
+def _strided_conv_by_row_phases(x: Array, kernel: Array, strides: tuple[int, int],
+                                chunk: int = _ROW_PHASE_CHUNK) -> Array:
+  """An unpadded strided convolution as one matrix product per chunk of the batch.
 
   XLA's CPU convolution runs the first lip layer (15 input channels, 7x7, stride 2) far
-  below its speed on wide layers. Gathering the kw column taps into channels first makes
-  each kernel row one [B*Ho*Wo, kw*Cin] x [kw*Cin, Cout] product, which runs at matrix
-  product speed. Same sums, other order: float32 rounding only.
+  below its speed on wide layers, and so did kh products of the column taps gathered
+  into channels, one per kernel row: their strided row slices were copied before each
+  product and cost more than the products. Here row r = sh * a + p is stored as row
+  group a, phase p on channels, so the kernel rows sh * q + p become one
+  [B*Hg*Wo, sh*kw*Cin] x [sh*kw*Cin, qh*Cout] product over every row group (kernel rows
+  past kh are zero), and output row o sums the q-th slice of row group o + q. Same sums
+  up to exact zero terms, other order: float32 rounding only.
 
   x: [B, H, W, Cin], kernel: [kh, kw, Cin, Cout] -> [B, Ho, Wo, Cout].
   """
   kh, kw, cin, cout = kernel.shape
   sh, sw = strides
-  ho = (x.shape[1] - kh) // sh + 1
-  wo = (x.shape[2] - kw) // sw + 1
-  cols = jnp.concatenate([x[:, :, j:j + (wo - 1) * sw + 1:sw] for j in range(kw)], axis=-1)
-  out = None
-  for i in range(kh):
-    term = cols[:, i:i + (ho - 1) * sh + 1:sh] @ kernel[i].reshape(kw * cin, cout)
-    out = term if out is None else out + term
-  return out
+  b, h, w, _ = x.shape
+  ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+  qh = -(-kh // sh)
+  groups = ho - 1 + qh  # row groups that some output row reads
+  # Zero rows complete the last group; they meet only the zero kernel rows.
+  x = jnp.pad(x[:, :groups * sh], ((0, 0), (0, max(0, groups * sh - h)), (0, 0), (0, 0)))
+  k = jnp.pad(kernel, ((0, qh * sh - kh), (0, 0), (0, 0), (0, 0)))
+  k = k.reshape(qh, sh * kw * cin, cout).transpose(1, 0, 2).reshape(sh * kw * cin, qh * cout)
+
+  def part(xc: Array) -> Array:
+    n = xc.shape[0]
+    cols = jnp.stack([xc[:, :, j:j + (wo - 1) * sw + 1:sw] for j in range(kw)], axis=3)
+    cols = cols.reshape(n, groups, sh, wo, kw * cin).transpose(0, 1, 3, 2, 4)
+    z = (cols.reshape(n, groups, wo, sh * kw * cin) @ k).reshape(n, groups, wo, qh, cout)
+    return functools.reduce(jnp.add, [z[:, q:q + ho, :, q] for q in range(qh)])
+
+  return jnp.concatenate([part(x[i:i + chunk]) for i in range(0, b, chunk)])
 
 
 def _max_pool(x: Array, window: tuple[int, int], strides: tuple[int, int],
               padding: int = 0) -> Array:
   """PyTorch's MaxPool2d (or MaxPool3d with a depth-1 window) on [..., H, W, C]: padded
-  positions never win (Flax pads the reduction with -inf, as PyTorch does)."""
-  lead = x.shape[:-3]
-  x = x.reshape(-1, *x.shape[-3:])
-  y = nn.max_pool(x, window, strides=strides, padding=((padding, padding),) * 2)
-  return y.reshape(*lead, *y.shape[-3:])
+  positions never win (-inf padding, as PyTorch's).
+
+  Maxima of strided slices, columns then rows: XLA's CPU reduce_window ran several times
+  slower on the lip maps. A maximum is exact in any order.
+  """
+  if padding:
+    pad = [(0, 0)] * (x.ndim - 3) + [(padding, padding)] * 2 + [(0, 0)]
+    x = jnp.pad(x, pad, constant_values=-jnp.inf)
+  (kh, kw), (sh, sw) = window, strides
+  ho = (x.shape[-3] - kh) // sh + 1
+  wo = (x.shape[-2] - kw) // sw + 1
+  cols = functools.reduce(jnp.maximum, [x[..., j:j + (wo - 1) * sw + 1:sw, :] for j in range(kw)])
+  return functools.reduce(jnp.maximum,
+                          [cols[..., i:i + (ho - 1) * sh + 1:sh, :, :] for i in range(kh)])
 
 
 class SyncNet(nn.Module):
@@ -151,7 +196,8 @@ class SyncNet(nn.Module):
 
     def aud_block(x, index, features, kernel=(3, 3), padding=1):
       if kernel == (3, 3) and padding == 1 and self.precision is None:
-        x = conv_lib.Conv3x3(features, algorithm=self.conv_algorithm,
+        small = not _winograd_pays(self.conv_algorithm, x.shape[-1], *x.shape[1:3])
+        x = conv_lib.Conv3x3(features, algorithm="direct" if small else self.conv_algorithm,
                              name=f"netcnnaud_{index}")(x)
       else:
         x = nn.Conv(features, kernel, padding=ops.conv_padding(padding),
