@@ -49,7 +49,7 @@ def _xla_optimizations() -> Iterator[None]:
   naive loops: the float64 landmark step then runs ~30x slower, which costs far more
   than the passes' compile time.
   """
-  old = jax.config.jax_disable_most_optimizations
+  old = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", False)
   try:
     yield
