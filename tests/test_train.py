@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import shutil
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -38,6 +40,23 @@ def layout(tmp_path_factory):
   return train_fixtures.train_test_layout(root)
 
 
+@contextlib.contextmanager
+def _xla_optimizations() -> Iterator[None]:
+  """Programs compiled inside get XLA's full optimisation pipeline.
+
+  For float64 programs whose run time, not compile time, dominates: without the
+  optimisation passes XLA's CPU backend runs float64 convolutions and their gradients as
+  naive loops: the float64 landmark step then runs ~30x slower, which costs far more
+  than the passes' compile time.
+  """
+  old = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
 def _tree_rel_err(a, b) -> float:
   """||a - b|| / ||a|| over a whole pytree."""
   diff = jax.tree.map(lambda x, y: np.asarray(x, np.float64) - np.asarray(y, np.float64), a, b)
@@ -53,9 +72,10 @@ def test_pmap_step_equals_single_device_step():
   gradients by ~1e-3 relative (measured), which would hide a real discrepancy.
   SGD keeps the update linear in the gradient: Adam's first step is ~lr*sign(g), which
   turns rounding noise in gradients that are zero in exact arithmetic (conv biases
-  before BatchNorm) into full-size differences.
+  before BatchNorm) into full-size differences. Every program here is compiled with the
+  same (full) XLA optimisations, so the comparison is between like-compiled steps.
   """
-  with jax.enable_x64(True):
+  with jax.enable_x64(True), _xla_optimizations():
     cfg = lmk_config.get_config("smoke")
     cfg.model.dropout = 0.0
     cfg.model.nlayers = 1
@@ -132,6 +152,10 @@ def test_landmark_training_checkpoints_and_exact_resume(layout, tmp_path):
 
 def test_renderer_training_both_phases(layout, tmp_path):
   cfg = ren_config.get_config("smoke")
+  # The loop and its two loss phases are under test, not how the 3x3 convolutions compute
+  # (speed only; Winograd's gradients: tests/test_renderer_gradients.py). CPU's 'auto'
+  # (Winograd) makes each train step's program ~4x larger and its compile ~2x longer.
+  cfg.model.conv_algorithm = "direct"
   cfg.data.face_root, cfg.data.sketch_root = layout["faces"], layout["sketches"]
   cfg.data.audio_root = layout["audio"]
   cfg.data.train_list, cfg.data.test_list = layout["train"], layout["test"]
