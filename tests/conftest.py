@@ -74,3 +74,19 @@ def clip(request) -> media_fixtures.Clip:
 def sound(request) -> media_fixtures.Sound:
   """The sound a test is parametrized with (indirect): generated, or `real:<file>`."""
   return media_fixtures.resolve_sound(request, request.param)
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+  """XLA's optimisation passes off for a module's tests, restored after it.
+
+  For modules whose many small programs each run a few times: compile time dominates.
+  A module-level `jax.config.update` would leak into the later modules of the same
+  xdist worker (unoptimised float64 convolutions run as naive loops).
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+
+  old = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)

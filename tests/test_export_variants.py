@@ -32,7 +32,7 @@ from ip_lap_jax.models import registry, store, structure
 from ip_lap_jax.training import loop as train_lib
 from tests import train_fixtures
 
-jax.config.update("jax_disable_most_optimizations", True)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SPEECH_SECONDS = 0.6  # 15 output frames

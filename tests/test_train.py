@@ -21,7 +21,7 @@ from ip_lap_jax.training import stage as stage_lib
 from ip_lap_jax.training import state as state_lib
 from tests import train_fixtures
 
-jax.config.update("jax_disable_most_optimizations", True)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 @pytest.fixture(scope="module", autouse=True)
