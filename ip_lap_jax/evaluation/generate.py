@@ -22,6 +22,7 @@ import numpy as np
 
 from ip_lap_jax.constants import CENTRE, FACE_SIZE, FPS, WINDOW
 from ip_lap_jax.data import layout
+from ip_lap_jax.evaluation import lip_sync
 from ip_lap_jax.face import landmarks
 from ip_lap_jax.face import sketch
 from ip_lap_jax.inference import predictor as predictor_lib
@@ -99,9 +100,7 @@ class Generator:
                batch_size: int = 8, dtype: str = "float32", box_px: int = FACE_SIZE,
                devices: list[jax.Device] | None = None):
     if devices is None:
-      devices = jax.devices()
-      if devices[0].platform == "cpu":
-        devices = jax.local_devices()[:1]
+      devices = lip_sync.default_devices()
     self.predictor = predictor_lib.Predictor(
         saved, dtype=dtype, batch_size=batch_size, render_size=None, num_refs=num_refs,
         num_landmark_refs=num_landmark_refs, devices=devices)

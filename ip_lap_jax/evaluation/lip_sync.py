@@ -114,6 +114,25 @@ _FRAME_BUCKET = 32
 _WINDOW_BUCKET = 16
 
 
+def bucketed_rows(start: int, total: int, chunk: int, bucket: int) -> tuple[np.ndarray, int]:
+  """Row indices [size] of the chunk of `total` rows from `start`, and how many are real.
+
+  A full chunk has `chunk` rows; the last one the fewest multiples of `bucket` that hold
+  the rest, padded by repeating the last row (so at most chunk / bucket shapes compile,
+  and a short tail does not cost a whole chunk).
+  """
+  take = min(chunk, total - start)
+  size = min(chunk, -(-take // bucket) * bucket)
+  return np.minimum(np.arange(start, start + size), total - 1), take
+
+
+def default_devices() -> list[jax.Device]:
+  """Every local device on accelerators; one on CPU, where fake devices share the cores
+  and splitting a batch over them only adds partitioning and synchronisation."""
+  devices = jax.local_devices()
+  return devices[:1] if devices[0].platform == "cpu" else devices
+
+
 def _pad_axis0(array: np.ndarray, multiple: int) -> np.ndarray:
   """Zero rows appended up to a multiple of `multiple`."""
   extra = -len(array) % multiple
@@ -156,9 +175,7 @@ class LipSyncScorer:
   def __init__(self, variables: Mapping[str, Any], batch_size: int = 64,
                precision: Any = "auto", devices: list[jax.Device] | None = None):
     if devices is None:
-      devices = jax.local_devices()
-      if devices[0].platform == "cpu":
-        devices = devices[:1]
+      devices = default_devices()
     if precision == "auto":
       precision = None if devices[0].platform == "cpu" else jax.lax.Precision.HIGHEST
     self.batch_size = -(-batch_size // len(devices)) * len(devices)
@@ -184,9 +201,7 @@ class LipSyncScorer:
     cep = jax.device_put(np.ascontiguousarray(cep), self._replicated)
     lips, auds = [], []
     for first in range(0, count, self.batch_size):
-      take = min(self.batch_size, count - first)
-      size = min(self.batch_size, -(-take // self._bucket) * self._bucket)
-      starts = np.minimum(np.arange(first, first + size), count - 1)
+      starts, take = bucketed_rows(first, count, self.batch_size, self._bucket)
       lip, aud = _embed_batch(self._variables, frames, cep,
                              jax.device_put(starts.astype(np.int32), self._batch_sharding),
                              model=self._model)

@@ -151,9 +151,7 @@ def per_frame(fn: Any, *arrays: np.ndarray) -> np.ndarray:
   t = len(arrays[0])
   outs = []
   for start in range(0, t, _CHUNK):
-    take = min(_CHUNK, t - start)
-    size = min(_CHUNK, -(-take // _CHUNK_BUCKET) * _CHUNK_BUCKET)
-    rows = np.minimum(np.arange(start, start + size), t - 1)
+    rows, take = lip_sync.bucketed_rows(start, t, _CHUNK, _CHUNK_BUCKET)
     outs.append(np.asarray(fn(*(jnp.asarray(a[rows]) for a in arrays)))[:take])
   return np.concatenate(outs)
 
