@@ -6,6 +6,7 @@ real ones (`real:`, from the sample folder) check the same on real encoders' out
 
 from __future__ import annotations
 
+import fractions
 import hashlib
 import os
 import tracemalloc
@@ -100,6 +101,67 @@ def test_rgb_and_single_threaded_frames_equal_default_frames(clip):
   assert rgb == default
   with pytest.raises(ValueError, match="pixel_format"):
     video.iter_frames(path, pixel_format="yuv420p")
+
+def _write_short_gop_clip(path, fps: int, frames: int, gop: int) -> None:
+  """An H.264 clip with a keyframe every `gop` frames and B-frames (reordered
+  timestamps), each frame a different picture."""
+  import av
+
+  rng = np.random.default_rng(fps)
+  with av.open(str(path), "w") as out:
+    stream = out.add_stream("libx264", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    stream.codec_context.gop_size = gop
+    stream.options = {"bf": "2", "keyint_min": str(gop), "sc_threshold": "0"}
+    for i in range(frames):
+      image = rng.integers(0, 256, (48, 64, 3), np.uint8)
+      image[:8, : 2 * i % 64] = 255  # and a moving bar, so motion vectors matter
+      for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+        out.mux(packet)
+    for packet in stream.encode():
+      out.mux(packet)
+
+
+@pytest.mark.parametrize("fps, gop, container", [(30, 10, "mp4"), (25, 7, "mkv"), (19, 5, "mp4")])
+def test_start_seeks_and_gives_the_same_frames_as_skipping(tmp_path, monkeypatch, fps, gop,
+                                                           container):
+  """`iter_frames(start=k)` == `list(iter_frames())[k:]`, pixel for pixel, for starts on,
+  just before and after keyframes, the last frame and past the end; the decoder seeks
+  (to a keyframe after the first) instead of decoding from the start."""
+  path = tmp_path / f"gop.{container}"
+  _write_short_gop_clip(path, fps, frames=3 * fps, gop=gop)
+  full = [_digest(f) for f in video.iter_frames(path)]
+  assert len(full) == 75  # 3 s at 25 fps
+  seeks = []
+  real_seek = video._seek_keyframe  # pylint: disable=protected-access
+
+  def spy(*args):
+    found = real_seek(*args)
+    seeks.append(None if found is None else found[2])
+    return found
+
+  monkeypatch.setattr(video, "_seek_keyframe", spy)
+  for start in [1, gop - 1, gop, gop + 1, 37, 60, 74, 75, 80]:
+    part = [_digest(f) for f in video.iter_frames(path, start=start)]
+    assert part == full[start:], start
+  assert all(t is not None for t in seeks) and max(seeks) > 1.5, seeks  # seeked, far in
+  assert [_digest(f) for f in video.iter_frames(path, start=0)] == full
+  with pytest.raises(ValueError, match="start"):
+    video.iter_frames(path, start=-1)
+
+
+def test_start_without_timestamps_decodes_from_the_start(tmp_path):
+  """A raw H.264 stream has no timestamps to seek by: the frames are still exact."""
+  path = tmp_path / "raw.h264"
+  _write_short_gop_clip(path, 25, frames=40, gop=8)
+  full = [_digest(f) for f in video.iter_frames(path)]
+  assert len(full) == 40
+  container, stream = video._open_video(str(path))  # pylint: disable=protected-access
+  with container:  # nothing to seek by: the caller decodes from the start
+    assert video._seek_keyframe(container, stream, fractions.Fraction(25), 17) is None  # pylint: disable=protected-access
+  for start in [3, 17, 39]:
+    assert [_digest(f) for f in video.iter_frames(path, start=start)] == full[start:]
+
 
 @pytest.mark.parametrize("clip", ["portrait_22fps.mp4", "landscape_25fps.mp4", "real:face_1.mp4"],
                          indirect=True)

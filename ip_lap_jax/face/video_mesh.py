@@ -3,9 +3,9 @@
 Static-image Face Mesh treats each frame alone, so a video splits into contiguous
 chunks of frames, the first run in the calling process and each other one in a worker
 process, each with its own `FaceMeshDetector`, and the chunks' rows concatenated in
-order equal a sequential pass exactly. A worker decodes from the start of the file
-(`video.iter_frames` cannot seek) and runs Face Mesh on its own chunk only; decoding is
-a small part of a frame's cost next to Face Mesh.
+order equal a sequential pass exactly. A worker seeks to the keyframe before its chunk
+(`video.iter_frames(start=...)`) rather than decoding the file from its start, which at
+1080p costs about as much per frame as Face Mesh itself.
 
 Workers are subprocesses running this module (`python -m ip_lap_jax.face.video_mesh`),
 not a multiprocessing pool: forkserver and spawn workers re-import the parent's
@@ -33,19 +33,19 @@ from ip_lap_jax.face import landmarks
 MIN_FRAMES_PER_WORKER = 150
 
 
-def frame_faces(detector: landmarks.FaceMeshDetector, frame_bgr: np.ndarray,
+def frame_faces(detector: landmarks.FaceMeshDetector, frame_rgb: np.ndarray,
                 max_faces: int) -> np.ndarray:
   """Every face of one frame as the template track keeps them.
 
   Args:
-    frame_bgr: uint8 [H, W, 3].
+    frame_rgb: uint8 [H, W, 3], RGB order.
     max_faces: rows of the result (the detector's `max_num_faces`).
   Returns:
     float64 [max_faces, 131, 2] canonical points normalised to the frame (x, y), in
     Face Mesh's order, NaN rows after the last face found.
   """
   rows = np.full((max_faces, landmarks.NUM_ALL, 2), np.nan)
-  for k, points in enumerate(detector.detect_all(frame_bgr)[:max_faces]):
+  for k, points in enumerate(detector.detect_all_rgb(frame_rgb)[:max_faces]):
     rows[k] = points[landmarks.ALL_INDICES]
   return rows
 
@@ -58,14 +58,14 @@ def _detect_range(path: str, small_faces: bool, max_faces: int, start: int, stop
 
   rows, frame_hw = [], None
   with landmarks.FaceMeshDetector(small_faces=small_faces, max_num_faces=max_faces) as detector:
-    frames = video.iter_frames(path, fps=FPS, threads=decoder_threads)
+    frames = video.iter_frames(path, fps=FPS, pixel_format="rgb24", threads=decoder_threads,
+                               start=start)
     try:
-      for i, frame in enumerate(frames):
-        frame_hw = (int(frame.shape[0]), int(frame.shape[1]))
+      for i, frame in enumerate(frames, start):
         if stop is not None and i >= stop:
           break
-        if i >= start:
-          rows.append(frame_faces(detector, frame, max_faces))
+        frame_hw = (int(frame.shape[0]), int(frame.shape[1]))
+        rows.append(frame_faces(detector, frame, max_faces))
     finally:  # a generator holds an open container until closed
       close = getattr(frames, "close", None)
       if close is not None:

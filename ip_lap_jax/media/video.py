@@ -128,7 +128,8 @@ _PIXEL_FORMATS = ("bgr24", "rgb24")
 
 
 def iter_frames(path: str | os.PathLike[str], fps: float = 25.0, *,
-                pixel_format: str = "bgr24", threads: int = 0) -> Iterator[np.ndarray]:
+                pixel_format: str = "bgr24", threads: int = 0,
+                start: int = 0) -> Iterator[np.ndarray]:
   """Streams uint8 `[H, W, 3]` frames resampled to `fps` (see the module docstring).
 
   The file is checked when called (MediaError for a missing, undecodable or video-less
@@ -141,6 +142,10 @@ def iter_frames(path: str | os.PathLike[str], fps: float = 25.0, *,
     threads: decoder threads; 0 lets ffmpeg choose (frame threading, one thread per
       core + 1). Callers that already keep every core busy (preprocessing workers)
       pass 1: extra decoder threads then only add CPU time (~20% of decoding).
+    start: the first output frame to yield: the frames of `list(iter_frames(...))[start:]`.
+      The decoder seeks to the last keyframe at or before it where the file has
+      timestamps, and the frames before it are not converted; where the seek cannot be
+      trusted (no timestamps, a keyframe past the target) it decodes from the start.
   Raises:
     MediaError: as above, or "zero frames" when nothing decodes.
   """
@@ -151,15 +156,17 @@ def iter_frames(path: str | os.PathLike[str], fps: float = 25.0, *,
     raise ValueError(f"pixel_format must be one of {_PIXEL_FORMATS}, got {pixel_format!r}")
   if threads < 0:
     raise ValueError(f"threads must be >= 0, got {threads}")
+  if start < 0:
+    raise ValueError(f"start must be >= 0, got {start}")
   if is_image(path):
     image = _read_image(path)
     if pixel_format == "rgb24":
       image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return iter([image])
+    return iter([image][start:])
   container, _ = _open_video(path)  # fail now, not at the first next()
   container.close()
   return _resampled_frames(path, fractions.Fraction(fps).limit_denominator(100_000),
-                           pixel_format, threads)
+                           pixel_format, threads, start)
 
 
 def _slot(t: fractions.Fraction, fps: fractions.Fraction) -> int:
@@ -169,8 +176,47 @@ def _slot(t: fractions.Fraction, fps: fractions.Fraction) -> int:
   return math.floor(x + half) if x >= 0 else -math.floor(-x + half)
 
 
+def _frame_time(frame) -> fractions.Fraction | None:
+  """Presentation time of a decoded frame in seconds; None without timestamps."""
+  if frame.pts is None or frame.time_base is None:
+    return None
+  return fractions.Fraction(frame.pts) * frame.time_base
+
+
+def _seek_keyframe(container, stream, fps: fractions.Fraction, start: int):
+  """Positions the decoder on the last keyframe whose output tick is <= output tick
+  `start`, the only frame that tick and the later ones need from before it.
+
+  Returns (first_slot, keyframe, its time, the decode iterator after it), or None where
+  the file does not allow it (no timestamps, or the demuxer landed past the target);
+  the container is then in an unknown position and must be reopened.
+  """
+  first = next(container.decode(stream), None)
+  first_time = None if first is None else _frame_time(first)
+  if first_time is None:
+    return None
+  first_slot = _slot(first_time, fps)
+  target = first_slot + start
+  # Any keyframe at or before the target tick's time has a tick <= target.
+  try:
+    container.seek(math.floor(fractions.Fraction(target) / fps / stream.time_base),
+                   backward=True, stream=stream)
+  except _av_error_types():  # not seekable (a pipe, a broken index)
+    return None
+  decoded = container.decode(stream)
+  for frame in decoded:
+    t = _frame_time(frame)
+    if t is None:
+      return None
+    if frame.key_frame:  # frames decoded before it may lack their references
+      if t < first_time or _slot(t, fps) > target:
+        return None
+      return first_slot, frame, t, decoded
+  return None
+
+
 def _resampled_frames(path: str, fps: fractions.Fraction, pixel_format: str = "bgr24",
-                      threads: int = 0) -> Iterator[np.ndarray]:
+                      threads: int = 0, start: int = 0) -> Iterator[np.ndarray]:
   from av.video.reformatter import VideoReformatter
 
   container, stream = _open_video(path)
@@ -180,16 +226,28 @@ def _resampled_frames(path: str, fps: fractions.Fraction, pixel_format: str = "b
   # One reformatter for the clip: `frame.to_ndarray(format=...)` builds a new swscale
   # context per frame; reusing it gives the same pixels for a fraction of the cost.
   reformatter = VideoReformatter()
-  emitted = 0  # output frames so far; output k is at tick first_slot + k
+  emitted = 0  # output ticks so far; output k is at tick first_slot + k
   prev_frame, prev_time, prev_array = None, None, None
   first_slot = None
   index = 0
   try:
+    decoded = None
+    if start > 0:
+      seek = _seek_keyframe(container, stream, fps, start)
+      if seek is None:
+        container.close()
+        container, stream = _open_video(path)
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+      else:
+        first_slot, prev_frame, prev_time, decoded = seek
+        emitted = _slot(prev_time, fps) - first_slot
+    if decoded is None:
+      decoded = container.decode(stream)
     with container:
-      for frame in container.decode(stream):
-        if frame.pts is not None and frame.time_base is not None:
-          t = fractions.Fraction(frame.pts) * frame.time_base
-        else:  # no timestamps: assume a constant rate
+      for frame in decoded:
+        t = _frame_time(frame)
+        if t is None:  # no timestamps: assume a constant rate
           t = fractions.Fraction(index) / (source_fps or fps)
         index += 1
         if first_slot is None:
@@ -198,6 +256,7 @@ def _resampled_frames(path: str, fps: fractions.Fraction, pixel_format: str = "b
           if t <= prev_time:
             continue  # out-of-order or duplicate timestamp: keep the earlier frame
           slot = _slot(t, fps)  # once per frame: Fraction arithmetic is not free
+          emitted = max(emitted, min(slot - first_slot, start))  # ticks before `start`
           while first_slot + emitted < slot:  # ticks before this frame's: previous
             if prev_array is None:  # convert only frames that are emitted
               prev_array = reformatter.reformat(prev_frame, format=pixel_format).to_ndarray()
@@ -208,8 +267,9 @@ def _resampled_frames(path: str, fps: fractions.Fraction, pixel_format: str = "b
         raise MediaError(path, "zero frames")
       frame_duration = 1 / source_fps if source_fps else 1 / fps
       end_slot = _slot(prev_time + frame_duration, fps)
+      emitted = max(emitted, min(end_slot - first_slot, start))
       # The last frame covers the rest of the clip; at least one frame is always given.
-      while first_slot + emitted < end_slot or emitted == 0:
+      while first_slot + emitted < end_slot or (emitted == 0 and start == 0):
         if prev_array is None:
           prev_array = reformatter.reformat(prev_frame, format=pixel_format).to_ndarray()
         yield prev_array.copy()
@@ -218,6 +278,8 @@ def _resampled_frames(path: str, fps: fractions.Fraction, pixel_format: str = "b
     raise
   except _av_error_types() as e:
     raise MediaError(path, f"cannot decode: {e}") from e
+  finally:
+    container.close()
 
 
 def read_frames(path: str | os.PathLike[str], fps: float = 25.0) -> list[np.ndarray]:
