@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import threading
 from typing import Iterable
 
 import cv2
@@ -119,6 +120,18 @@ def parse_landmark_dict(data: dict) -> tuple[np.ndarray, np.ndarray]:
                          "content_landmarks"))
 
 
+# np.load parses a .npy header with ast.literal_eval, and CPython 3.11's AST constructor
+# keeps its recursion depth in interpreter-wide state (cpython#106905): loads in two
+# loader threads at once failed with "SystemError: AST constructor recursion depth
+# mismatch", which the samplers took for a corrupt file and replaced the example.
+_NPY_LOCK = threading.Lock()
+
+
+def _load_npy(path: PathLike, allow_pickle: bool = False) -> np.ndarray:
+  with _NPY_LOCK:
+    return np.load(path, allow_pickle=allow_pickle)
+
+
 def load_landmarks(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
   """Reads a `<frame>.npy` landmark file.
 
@@ -127,7 +140,7 @@ def load_landmarks(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
   Raises:
     ValueError: the file does not hold the expected dict or index sets.
   """
-  data = np.load(path, allow_pickle=True)
+  data = _load_npy(path, allow_pickle=True)
   if data.shape != () or not isinstance(data.item(), dict):
     raise ValueError(f"{path}: not a pickled landmark dict")
   try:
@@ -163,7 +176,7 @@ def save_mel(path: PathLike, mel: np.ndarray) -> None:
 
 def load_mel(path: PathLike) -> np.ndarray:
   """Reads `audio.npy` (M, 80) and returns it as [80, M] float32."""
-  mel = np.load(path)
+  mel = _load_npy(path)
   if mel.ndim != 2 or mel.shape[1] != 80:
     raise ValueError(f"{path}: expected a (M, 80) mel, got {mel.shape}")
   return np.ascontiguousarray(mel.T, dtype=np.float32)
