@@ -28,9 +28,10 @@ from ip_lap_jax.errors import MediaError
 from ip_lap_jax.face import landmarks
 
 # Frames a worker must have to pay for its start (Python, MediaPipe's import and graph,
-# decoding up to its chunk): about as long as 150 frames of Face Mesh at 1080p
-# (benchmarks/README.md). Shorter templates run in the calling process.
-MIN_FRAMES_PER_WORKER = 150
+# seeking to its chunk), given that one process already keeps more than one core busy
+# (threaded decoding and inference): on 2 cores a 1080p split breaks even near 200 frames
+# per worker (benchmarks/README.md). Shorter templates run in the calling process.
+MIN_FRAMES_PER_WORKER = 250
 
 
 def frame_faces(detector: landmarks.FaceMeshDetector, frame_rgb: np.ndarray,
