@@ -2,15 +2,16 @@
 
 Every test launches `train.py` as the README's plain-node command does (coordinator on
 127.0.0.1, JAX_NUM_PROCESSES / JAX_PROCESS_ID, gloo collectives), each child in its own
-process group, killed when the test ends or times out. Compiled steps are shared through
-a persistent compilation cache, so the runs after the first of each stage compile less.
+process group, killed when the test ends or times out. Compiled programs go through a
+persistent compilation cache, which helps the single process and process 0 of later runs
+only: jax writes cache entries from process 0 alone, and process 1's keys differ, so
+process 1 compiles every program of every launch; that is most of each launch's time.
 
-Not part of `make test` yet (marker `multihost`, deselected in pyproject.toml): the file
-takes far more than the suite's budget on this 2-core machine (measured under heavy
-load: landmark 802 s, renderer 627 s, failure 135 s, late peer 75 s). The landmark test's
-resume relaunch, which used to fail on gloo's 30 s connection set-up while a peer was
-still compiling, passes since steps are compiled before the processes meet at a barrier
-(`parallel.data_parallel`). Run it with
+Part of `make test` (marker `multihost`, for `-m 'not multihost'` when iterating). Measured
+alone on the quiet 2-core machine: landmark ~6 min (four launches), renderer ~2 min, late
+peer ~1.2 min (mostly sleeping). Steps are compiled before the processes meet at a
+barrier (`parallel.data_parallel`), so a peer still compiling does not trip gloo's 30 s
+connection set-up. Only this file:
 `.venv/bin/python -m pytest -m multihost tests/test_multihost.py`.
 """
 
@@ -39,19 +40,21 @@ RUN_TIMEOUT_S = 600  # one launch, compile included, on a busy 2-core machine
 # XLA's CPU collectives give up on a peer after 30 s by default; a process still compiling
 # its step while the other waits in the step's first all-reduce is not a failure here.
 COLLECTIVE_TIMEOUT_S = 600
-STEPS = 2
+STEPS = 1  # steps before the stop; runs take 2 * STEPS
 
-# Process 1 raises at its second training batch; both must then exit, non-zero.
+# Process 1 raises when asked for its first training batch, while process 0 is compiling
+# the step or already waiting for process 1 at the barrier after it: both must then
+# exit, non-zero, each naming the host and the cause.
 FAILING_DRIVER = """
 import runpy, sys
 import jax
 from ip_lap_jax.data import pipeline
 real = pipeline.device_batches
 def failing(*args, **kwargs):
-  for i, item in enumerate(real(*args, **kwargs)):
-    if jax.process_index() == 1 and i == 1:
-      raise RuntimeError("injected failure")
-    yield item
+  pipeline.device_batches = real  # the training batches only, not evaluation's
+  if jax.process_index() == 1:
+    raise RuntimeError("injected failure")
+  yield from real(*args, **kwargs)
 pipeline.device_batches = failing
 sys.argv[0] = "train.py"
 runpy.run_path("train.py", run_name="__main__")
@@ -232,13 +235,25 @@ def test_landmark_two_processes_equal_one_and_resume_exactly(layout, cache_dir, 
     assert sorted(eval_served[p]) == sorted(2 * [8 * t + 4 * p + j for t in range(2)
                                                  for j in range(4)])
 
-  # Stopped after STEPS steps (a workdir holding only that checkpoint), then relaunched.
-  resumed_dir = tmp_path / "resumed" / "checkpoints"
-  shutil.copytree(tmp_path / "two" / "checkpoints" / str(STEPS), resumed_dir / str(STEPS))
-  resumed_dir = resumed_dir.parent
-  resumed, _ = _train(_landmark_args(layout, total), resumed_dir, cache_dir, 2, x64=True)
-  assert "resumed from step 2" in (resumed_dir / "log_process0.txt").read_text()
+  # Stopped after STEPS (the state both processes leave: checkpoint STEPS, with every
+  # host's data iterator), relaunched in that workdir, they resume to the same result.
+  stopped = tmp_path / "stopped"
+  later = lambda d, names: ([n for n in names if n.isdigit() and int(n) > STEPS]
+                            if pathlib.Path(d).name == "checkpoints" else [])
+  shutil.copytree(tmp_path / "two", stopped, ignore=later)
+  resumed, _ = _train(_landmark_args(layout, total), stopped, cache_dir, 2, x64=True)
+  assert f"resumed from step {STEPS}" in (stopped / "log_process0.txt").read_text()
   _tree_map(np.testing.assert_array_equal, two, resumed)
+
+  # A crash on process 1 stops both processes, each naming the host and the cause.
+  crashed = tmp_path / "crashed"
+  (status0, t0, log0), (status1, t1, log1) = _launch(
+      _landmark_args(layout, total), crashed, cache_dir, processes=2, x64=True,
+      driver=[sys.executable, "-c", FAILING_DRIVER])
+  assert status1 == 1 and "process 1 on" in log1 and "injected failure" in log1, log1[-3000:]
+  assert status0 == 1, log0[-3000:]
+  assert "process 0 stops because process 1 on" in log0 and "injected failure" in log0
+  assert t0 - t1 < 30, (t0, t1)  # bounded by the poll interval, not a transport timeout
 
 
 def _renderer_args(layout) -> list[str]:
@@ -249,7 +264,11 @@ def _renderer_args(layout) -> list[str]:
           f"{c}data.train_list={layout['train']}", f"{c}data.test_list={layout['test']}",
           f"{c}data.image_size=32", f"{c}data.ref_N=1", f"{c}eval_ref_N=1",
           f"{c}batchnorm=sync", f"{c}batch_size=8", f"{c}eval_batch_size=8",
-          f"{c}num_train_steps=1", f"{c}loss.gan_start_epoch=-1",  # the full loss at once
+          # Direct convolutions and a small discriminator: the same computation in a
+          # program that compiles in a fraction of the time (Winograd's gradients and
+          # the full discriminator are tested in-process).
+          f"{c}model.conv_algorithm=direct", f"{c}discriminator.ndf=16",
+          f"{c}discriminator.num_d=1", f"{c}num_train_steps=1", f"{c}loss.gan_start_epoch=-1",  # the full loss at once
           f"{c}log_every_steps=1", f"{c}eval_every_steps=1", f"{c}checkpoint_every_steps=1",
           f"{c}eval_num_batches=1", f"{c}num_sample_images=1", f"{c}async_checkpoints=False",
           *_LINEAR_ADAM, "--config.disc_optimizer.eps=1.0",
@@ -263,20 +282,13 @@ def test_renderer_two_processes_equal_one(layout, cache_dir, tmp_path):
                          fast_compile=True)
   assert _rel_err(one, two) < 1e-5
   assert two_eval.keys() == one_eval.keys() >= {"eval/psnr", "eval/ssim", "eval/gen_loss"}
+  # float32: the renderer's losses sum many more terms than the landmark generator's
+  # float64 ones, in another order across processes; a missed or twice-counted example
+  # would move every metric by percents.
   for k, v in one_eval.items():
-    assert two_eval[k] == pytest.approx(v, rel=1e-5), k
+    assert two_eval[k] == pytest.approx(v, rel=1e-4), k
   # Summaries come from process 0 only (one process writes them).
   assert len(list((tmp_path / "two" / "samples").glob("*.png"))) == 1
-
-
-def test_failure_on_one_process_stops_both(layout, cache_dir, tmp_path):
-  results = _launch(_landmark_args(layout, 2 * STEPS), tmp_path, cache_dir, processes=2,
-                    x64=True, driver=[sys.executable, "-c", FAILING_DRIVER])
-  (status0, t0, log0), (status1, t1, log1) = results
-  assert status1 == 1 and "process 1 on" in log1 and "injected failure" in log1
-  assert status0 == 1, log0[-3000:]
-  assert "process 0 stops because process 1 on" in log0 and "injected failure" in log0
-  assert t0 - t1 < 30, (t0, t1)  # bounded by the poll interval, not a transport timeout
 
 
 def test_a_late_process_does_not_break_the_first_collective(tmp_path):
