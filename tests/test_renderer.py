@@ -3,6 +3,7 @@ ablation variants, training-mode BatchNorm, bfloat16 error."""
 
 from __future__ import annotations
 
+import copy
 import pathlib
 
 import jax
@@ -102,7 +103,21 @@ def test_parity_with_release_mirror(mirror_and_variables, b, n):
   # The outputs must carry signal, or the comparison would be vacuous.
   assert gen_t.std() > 1e-3 and warp_t.std() > 1e-2
   assert _max_err(gen_j, gen_t) <= TOL
-  assert _max_err(warp_j, warp_t) <= TOL
+  # The warped reference samples the image at the fixture's exaggerated flow (tens of
+  # pixels), so a flow rounding error moves it by the image's local slope: each float32
+  # side is ~8e-5 from the exact result at b=2, n=1 (measured 2026-12-03: JAX 7.98e-5,
+  # PyTorch 8.15e-5), and their difference, up to the sum, reached 1.03e-4 on one VM. So
+  # the warp is held to the exact result, the float64 mirror: within TOL, and no further
+  # from it than the release's own float32 rounding (with a margin). At b=1, n=25 the
+  # float64 mirror takes minutes on 2 cores: there the float32 mirror stays the reference.
+  if b * n > 8:
+    assert _max_err(warp_j, warp_t) <= TOL
+    return
+  _, warp_64 = _run_torch(copy.deepcopy(mirror).double(),
+                          tuple(x.astype(np.float64) for x in inputs))
+  err_jax, err_torch = _max_err(warp_j, warp_64), _max_err(warp_t, warp_64)
+  assert err_jax <= TOL
+  assert err_jax <= max(1.5 * err_torch, 1e-5), (err_jax, err_torch)
 
 
 def test_flow_is_large_enough_to_leave_the_image(mirror_and_variables):
