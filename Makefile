@@ -25,8 +25,11 @@ $(STAMP): pyproject.toml Makefile
 demo: env
 	$(PY) -m ip_lap_jax.demo --out demo_out
 
+# The multi-process training tests run after the rest, alone: each of their train.py
+# processes needs ~4 GB while compiling, too much beside another xdist worker on 24 GiB.
 test: env
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=40 tests
+	$(PY) -m pytest -q -m multihost --durations=5 tests/test_multihost.py
 
 bench: env
 	$(PY) benchmarks/bench_models.py

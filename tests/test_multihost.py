@@ -7,14 +7,14 @@ persistent compilation cache, which helps the single process and process 0 of la
 only: jax writes cache entries from process 0 alone, and process 1's keys differ, so
 process 1 compiles every program of every launch; that is most of each launch's time.
 
-Not part of `make test` (marker `multihost`, deselected in pyproject.toml), measured:
-inside `make test` (2 xdist workers) on 2026-12-03 the launches (each train.py process
-~4 GB resident while compiling) beside the other worker (6-7 GB after its files) ran the
-24 GiB machine out of memory, and the file alone adds ~10 minutes to a suite near its
-30-minute budget. Alone on the quiet 2-core machine: landmark 385 s (four launches),
-renderer ~114 s, late peer ~72 s (mostly sleeping). Steps are compiled before the
-processes meet at a barrier (`parallel.data_parallel`), so a peer still compiling does
-not trip gloo's 30 s connection set-up. Run it with
+Marked `multihost`: deselected by default, and run by `make test` in a second pytest call
+after the rest, alone. Inside the xdist run on 2026-12-03 the launches (each train.py
+process ~4 GB resident while compiling) beside the other worker (6-7 GB after its files)
+ran the 24 GiB machine out of memory. Alone on the quiet 2-core machine: landmark 385 s
+(four launches), renderer ~114 s, late peer ~72 s (mostly sleeping).
+
+Steps are compiled before the processes meet at a barrier (`parallel.data_parallel`), so
+a peer still compiling does not trip gloo's 30 s connection set-up. Run it alone with
 `.venv/bin/python -m pytest -m multihost tests/test_multihost.py`.
 """
 

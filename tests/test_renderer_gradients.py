@@ -27,8 +27,9 @@ rounding pattern everywhere downstream). The envelope is the largest distance fr
 float64 mirror among them, per tensor and over all parameters. The float32 judge is the
 float64 mirror: over all parameters JAX float32 must be within max(1e-3, 3 x the
 envelope's total), per tensor within max(1e-2, 5 x the envelope's). Measured (three
-samples, amplified fixture): envelope total warp 1.9e-3, gen 3.2e-4; JAX float32 total
-warp 6.3e-4 here (1.73e-3 on CI's machine), gen 4.3e-4; per tensor JAX over the envelope
+samples, amplified fixture): envelope total warp 1.9e-3 (6.6e-3 on 2026-12-03's VM, where
+the unperturbed run alone measured 2.1e-3), gen 3.2e-4; JAX float32 total warp 6.3e-4
+here (1.73e-3 on CI's machine), gen 4.3e-4; per tensor JAX over the envelope
 at most 2.0 here and 3.6 for CI's draw (`translation/conv2_bn/bias` 1.15e-2: XLA sums
 the early layers' gradients over all 128 x 128 pixels less accurately than PyTorch's
 pairwise sums). The 1e-2 floor: a few bias gradients (`flow_module/conv_4/bias`,
@@ -66,6 +67,10 @@ from torch_mirror.renderer import RendererTorch
 from test_vgg import he_init_
 
 GRAD_RTOL = 1e-3
+# Largest distance of any PyTorch float32 run from float64 over all parameters: the warp
+# gradient's measured 5.2e-4 to 6.6e-3 (module docstring) with a 3x margin, since each
+# machine and perturbation draws another rounding pattern.
+REFERENCE_NOISE_CAP = 2e-2
 NOISE_FACTOR = 3.0  # over all parameters, times the float32 noise envelope
 PER_TENSOR_NOISE_FACTOR = 5.0  # per tensor: JAX's sums over pixels are less accurate
 # PyTorch float32 runs whose largest error is the float32 noise: the weights as they are,
@@ -307,9 +312,12 @@ def test_training_convolutions_float64_gradients_are_exact(gradients, term):
 
 
 def test_float32_reference_is_close_to_exact(gradients):
-  """PyTorch float32 vs float64 as a whole: the noise the per-tensor bound allows for."""
+  """Every PyTorch float32 run vs float64 as a whole stays float32 rounding noise: the
+  JAX float32 bound scales with these runs, so it must not grow with a noisier mirror."""
   for term in ('warp', 'gen'):
-    exact, torch32 = _flat(gradients['torch64'][term]), _flat(gradients['torch32'][term])
-    total = np.sqrt(sum(np.sum(np.square(torch32[k] - exact[k])) for k in exact)
-                    / sum(np.sum(np.square(exact[k])) for k in exact))
-    assert 0.0 < total <= GRAD_RTOL
+    exact = _flat(gradients['torch64'][term])
+    for sample in gradients['torch32_samples']:
+      torch32 = _flat(sample[term])
+      total = np.sqrt(sum(np.sum(np.square(torch32[k] - exact[k])) for k in exact)
+                      / sum(np.sum(np.square(exact[k])) for k in exact))
+      assert 0.0 < total <= REFERENCE_NOISE_CAP, (term, total)
