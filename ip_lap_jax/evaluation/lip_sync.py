@@ -13,8 +13,10 @@ The original, step by step, and what this module does at each step:
      (`lastframe = min_length - 5` and `range(0, lastframe)`: the last usable window is
      never scored). Window v: frames v .. v+4 and MFCC columns 4v .. 4v+19 (25 video
      frames vs 100 MFCC frames per second). The original embeds them in Python batches of
-     20; here every window of a clip is gathered on the device from one copy of the
-     frames and embedded in large jitted batches (split over local accelerators).
+     20, 5 frames per window; here a batch of windows is one run of consecutive frames
+     per device, from one copy of the clip on the device, embedded in one jitted call
+     (split over local accelerators): on CPU overlapping windows share their frames in
+     the stem (`models.syncnet._depth_winograd`).
   4. For each offset k in -15..15 (vshift 15): distance between lip embedding i and audio
      embedding i + k, audio embeddings zero-padded by 15 on both ends (`calc_pdist`),
      PyTorch's `pairwise_distance` = ||a - b + 1e-6||_2; mean over windows per offset.
@@ -139,15 +141,24 @@ def _pad_axis0(array: np.ndarray, multiple: int) -> np.ndarray:
   return np.concatenate([array, np.zeros((extra, *array.shape[1:]), array.dtype)]) if extra else array
 
 
-@functools.partial(jax.jit, static_argnames="model")
-def _embed_batch(variables: Any, frames: Array, mfcc: Array, starts: Array, *, model: Any
-                 ) -> tuple[Array, Array]:
+@functools.partial(jax.jit, static_argnames=("model", "lip_sharding"))
+def _embed_batch(variables: Any, frames: Array, mfcc: Array, starts: Array, *, model: Any,
+                 lip_sharding: NamedSharding) -> tuple[Array, Array]:
   """frames [T, 224, 224, 3] uint8, mfcc [13, M], starts [B] -> (lip, aud) [B, 1024].
 
-  Module level with the SyncNet module static, so every scorer of the process shares
-  the compiled executable.
+  `starts` are consecutive from starts[0] (a short batch's padding rows excepted, whose
+  embeddings are dropped), so the lip tower reads, per device, one run of consecutive
+  frames holding its windows (SyncNet embeds every window of a run, sharing the frames
+  of overlapping windows); `frames` must extend 4 frames past the last start. Module
+  level with the SyncNet module static, so every scorer of the process shares the
+  compiled executable.
   """
-  clips = frames[starts[:, None] + jnp.arange(LIP_FRAMES)[None, :]].astype(jnp.float32)
+  runs = lip_sharding.mesh.size
+  per_run = starts.shape[0] // runs
+  length = per_run + LIP_FRAMES - 1
+  clips = jnp.stack([jax.lax.dynamic_slice_in_dim(frames, starts[0] + i * per_run, length)
+                     for i in range(runs)]).astype(jnp.float32)  # [runs, per_run + 4, ...]
+  clips = jax.lax.with_sharding_constraint(clips, lip_sharding)
   cols = jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(
       mfcc, s * MFCC_PER_FRAME, MFCC_SHAPE[1], axis=1))(starts)  # [B, 13, 20]
   return model.apply(variables, clips, cols[..., None])
@@ -193,9 +204,15 @@ class LipSyncScorer:
 
     frames224: [T, 224, 224, 3] uint8 BGR; mfcc: [M, 13] (python_speech_features' layout).
     """
-    # Padded to buckets, so clips of similar lengths share one compiled executable;
-    # windows read only the real frames and columns.
-    frames224 = _pad_axis0(frames224, _FRAME_BUCKET)
+    # Padded to buckets, so clips of similar lengths share one compiled executable, and
+    # past the last batch's padding windows (dynamic slices would clamp, not read zeros);
+    # real windows read only the real frames and columns.
+    read = max(first + bucketed_rows(first, count, self.batch_size, self._bucket)[0].size
+               for first in range(0, count, self.batch_size)) + LIP_FRAMES - 1
+    frames224 = _pad_axis0(frames224[:read], _FRAME_BUCKET)
+    if len(frames224) < read:
+      frames224 = np.concatenate([frames224, np.zeros((_FRAME_BUCKET,) + frames224.shape[1:],
+                                                      frames224.dtype)])
     cep = _pad_axis0(np.asarray(mfcc, np.float32), _FRAME_BUCKET * MFCC_PER_FRAME).T
     frames = jax.device_put(frames224, self._replicated)
     cep = jax.device_put(np.ascontiguousarray(cep), self._replicated)
@@ -204,7 +221,7 @@ class LipSyncScorer:
       starts, take = bucketed_rows(first, count, self.batch_size, self._bucket)
       lip, aud = _embed_batch(self._variables, frames, cep,
                              jax.device_put(starts.astype(np.int32), self._batch_sharding),
-                             model=self._model)
+                             model=self._model, lip_sharding=self._batch_sharding)
       lips.append(np.asarray(lip)[:take])
       auds.append(np.asarray(aud)[:take])
     return np.concatenate(lips), np.concatenate(auds)

@@ -21,11 +21,12 @@ normalisation), MFCC `[B, 13, 20, 1]` (13 cepstra x 20 frames of 10 ms).
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ip_lap_jax import ops
 from ip_lap_jax.models import conv as conv_lib
@@ -56,11 +57,13 @@ class Conv3d(nn.Module):
   """PyTorch's Conv3d without depth padding or depth stride, computed as a 2-D convolution.
 
   Params `kernel` [kd, kh, kw, Cin, Cout] and `bias` [Cout], as nn.Conv with a 3-D kernel
-  would hold them. Every SyncNet Conv3d spans the whole clip in depth (kd = 5 on 5
-  frames) or has kd = 1, so each output depth step is a 2-D convolution of the kd input
-  frames stacked on channels. That lets 3x3 layers on large maps use `conv`'s Winograd
-  path on CPU and the strided stem use `_strided_conv_by_row_phases`; XLA's 3-D
-  convolution was not compared.
+  would hold them. Every SyncNet Conv3d has kd = 5 (the stem, over the 5 frames of a
+  window, or over a whole clip's frames for all its windows at once) or kd = 1, so each
+  output depth step is a 2-D convolution of the kd input frames stacked on channels.
+  That lets 3x3 layers on large maps use `conv`'s Winograd path on CPU and the strided
+  stem use `_strided_conv_by_row_phases`; on CPU a stem over at least
+  _DEPTH_WINOGRAD_OUTPUTS windows takes `_depth_winograd` instead (2.5x fewer products:
+  overlapping windows share their frames). XLA's 3-D convolution was not compared.
 
   __call__(x: [B, D, H, W, Cin]) -> [B, D - kd + 1, Ho, Wo, Cout].
   """
@@ -80,12 +83,18 @@ class Conv3d(nn.Module):
                         (kd, kh, kw, cin, self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     dout = d - kd + 1
+    cpu_paths = self.conv_algorithm != "direct" and self.precision is None
+    if cpu_paths and kd > 1 and dout >= _DEPTH_WINOGRAD_OUTPUTS and self.padding == (0, 0) \
+        and self.strides != (1, 1):
+      # XLA's convolution of 3-channel planes beat the row phases (benchmarks/README.md).
+      conv2d = lambda u, v: jax.lax.conv_general_dilated(  # noqa: E731
+          u, v, self.strides, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      return _depth_winograd(x, kernel, conv2d) + bias
     # [B, Dout, H, W, kd * Cin], depth-major channels to match the folded kernel.
     stacked = jnp.concatenate([x[:, t:t + dout] for t in range(kd)], axis=-1)
     stacked = stacked.reshape(b * dout, h, w, kd * cin)
     folded = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kd * cin, self.features)
     # 'mixed'/'winograd' (the CPU's resolution of 'auto') also take the row phases.
-    cpu_paths = self.conv_algorithm != "direct" and self.precision is None
     if ((kh, kw), self.strides, self.padding) == ((3, 3), (1, 1), (1, 1)) and cpu_paths and \
         _winograd_pays(self.conv_algorithm, kd * cin, h, w):
       y = conv_lib.winograd_conv3x3(stacked, folded)
@@ -102,6 +111,74 @@ class Conv3d(nn.Module):
           dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.precision)
     y = y + bias
     return y.reshape(b, dout, *y.shape[1:])
+
+
+# Outputs per block of the depth (time) Winograd transform: F(4, 5) computes 4 windows'
+# stems from 8 frame-plane convolutions instead of 20.
+_DEPTH_WINOGRAD_OUTPUTS = 4
+
+
+@functools.cache
+def _toom_cook(outputs: int, taps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Winograd's minimal filtering F(outputs, taps) for correlations y_k = sum_j g_j d_k+j.
+
+  Returns (A^T [m, n], G [n, r], B^T [n, n]), n = m + r - 1, such that
+  y = A^T ((G g) * (B^T d)): evaluation at the points 0, +-1, +-2, +-1/2, ... and
+  infinity (Toom-Cook), transposed from polynomial multiplication to correlation.
+  Float64; small points keep the float32 rounding within a few times direct summation's.
+  """
+  n = outputs + taps - 1
+  points = [0.0]
+  for p in (1.0, 2.0, 0.5, 3.0, 1 / 3):
+    points += [p, -p]
+  points = points[:n - 1]
+  if len(points) < n - 1:
+    raise ValueError(f"F({outputs}, {taps}) needs more interpolation points")
+
+  def vandermonde(k: int) -> np.ndarray:  # rows: the points, then infinity
+    rows = np.array([[p ** j for j in range(k)] for p in points])
+    return np.vstack([rows, np.eye(k)[k - 1]])
+
+  interpolate = np.linalg.inv(vandermonde(n))
+  return vandermonde(outputs).T, vandermonde(taps), interpolate.T
+
+
+def _weighted_sum(coefficients: np.ndarray, terms: list[Array]) -> Array:
+  """sum_j c_j * terms[j] for the nonzero constants c_j."""
+  out = [float(c) * t if c != 1 else t for c, t in zip(coefficients, terms) if c != 0]
+  return functools.reduce(jnp.add, out)
+
+
+def _depth_winograd(x: Array, kernel: Array, conv2d: Callable[[Array, Array], Array],
+                    outputs: int = _DEPTH_WINOGRAD_OUTPUTS) -> Array:
+  """An unpadded, depth-stride-1 Conv3d over a long depth (all windows of a clip at once).
+
+  Output depth t sums conv2d(frame t + j, kernel[j]) over the kd taps: a correlation in
+  depth whose products are 2-D convolutions, so Winograd's F(m, kd) applies with frame
+  planes as the numbers: per block of m outputs, the m + kd - 1 input frames and the kd
+  kernel taps are each mixed into m + kd - 1 planes (B^T, G), convolved pairwise, and
+  mixed back (A^T). Same sums in exact arithmetic, (m + kd - 1) / (m kd) of the products.
+
+  x: [B, D, H, W, Cin], kernel: [kd, kh, kw, Cin, Cout], conv2d: ([N, H, W, Cin],
+  [kh, kw, Cin, Cout]) -> [N, Ho, Wo, Cout]. Returns [B, D - kd + 1, Ho, Wo, Cout].
+  """
+  b, d, h, w, cin = x.shape
+  kd = kernel.shape[0]
+  dout = d - kd + 1
+  a_t, g, b_t = _toom_cook(outputs, kd)
+  n = outputs + kd - 1
+  blocks = -(-dout // outputs)
+  # Zero frames complete the last block; the outputs that read them are dropped.
+  x = jnp.pad(x, ((0, 0), (0, blocks * outputs + kd - 1 - d), (0, 0), (0, 0), (0, 0)))
+  tiles = [x[:, j:j + (blocks - 1) * outputs + 1:outputs] for j in range(n)]  # [B, blocks, ...]
+  taps = [kernel[j] for j in range(kd)]
+  products = []
+  for i in range(n):
+    u = _weighted_sum(b_t[i], tiles).reshape(b * blocks, h, w, cin)
+    products.append(conv2d(u, _weighted_sum(g[i], taps)))
+  y = jnp.stack([_weighted_sum(a_t[k], products) for k in range(outputs)], axis=1)
+  y = y.reshape(b, blocks * outputs, *y.shape[2:])  # [B * blocks, m, ...] in depth order
+  return y[:, :dout]
 
 
 # Windows per matrix product in `_strided_conv_by_row_phases`: its two intermediates take
@@ -184,10 +261,12 @@ class SyncNet(nn.Module):
     """Embeds either input or both (`init` passes both to create every layer).
 
     Args:
-      clips: [B, 5, 224, 224, 3] BGR in 0..255, or None.
+      clips: [B, D, 224, 224, 3] BGR in 0..255, D >= 5 frames: every window of 5
+        consecutive frames is embedded (D = 5: the original's input), or None.
       mfcc: [B', 13, 20, 1], or None.
     Returns:
-      (lip embeddings [B, 1024] or None, audio embeddings [B', 1024] or None).
+      (lip embeddings [B * (D - 4), 1024] (clip-major, then window) or None, audio
+      embeddings [B', 1024] or None).
     """
     def head(x, prefix):
       x = nn.Dense(512, precision=self.precision, name=f"{prefix}_0")(x)
@@ -218,8 +297,8 @@ class SyncNet(nn.Module):
       for index in (8, 11, 14):
         x = lip_block(x, index, 256, (1, 3, 3), padding=(1, 1))
       x = _max_pool(x, (3, 3), (2, 2))  # 6 x 6
-      x = lip_block(x, 18, 512, (1, 6, 6))  # [B, 1, 1, 1, 512]
-      lip = head(x.reshape(x.shape[0], -1), "netfclip")
+      x = lip_block(x, 18, 512, (1, 6, 6))  # [B, D - 4, 1, 1, 512]
+      lip = head(x.reshape(-1, x.shape[-1]), "netfclip")
     if mfcc is not None:
       x = aud_block(mfcc, 0, 64)  # index 3 is MaxPool2d((1, 1)): the identity
       x = _max_pool(aud_block(x, 4, 192), (3, 3), (1, 2))  # [B, 11, 9, 192]
@@ -231,7 +310,8 @@ class SyncNet(nn.Module):
     return lip, aud
 
   def forward_lip(self, clips: Array) -> Array:
-    """clips: [B, 5, 224, 224, 3] BGR in 0..255 -> [B, 1024] (`S.forward_lip`)."""
+    """clips: [B, D, 224, 224, 3] BGR in 0..255 -> [B * (D - 4), 1024] (`S.forward_lip`
+    for D = 5)."""
     return self(clips=clips)[0]
 
   def forward_aud(self, mfcc: Array) -> Array:
