@@ -13,6 +13,10 @@ BatchNorm statistics, one bias shared by both heads' last layers), saved as
 The two are timed alternately, `--repeats` times; best of each is reported, and the
 largest difference of the (LSE-C, LSE-D) numbers over the clips.
 
+`--stages` adds milliseconds per piece (resize, MFCC, embeddings, distances; the lip stem
+as a run of frames and as stacked windows, the towers; the reference's stem and lip
+tower) for one batch of `--batch` windows.
+
 Run: .venv/bin/python benchmarks/bench_eval.py --clips 2 --seconds 4
 """
 
@@ -25,6 +29,7 @@ import pathlib
 import sys
 import tempfile
 import time
+from typing import Any, Callable
 
 import numpy as np
 
@@ -34,14 +39,16 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import cv2  # noqa: E402
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import python_speech_features  # noqa: E402
 import torch  # noqa: E402
 from torch_mirror import syncnet as mirror_lib  # noqa: E402
 
 from ip_lap_jax import conversion  # noqa: E402
 from ip_lap_jax.data import synthetic  # noqa: E402
-from ip_lap_jax.models import registry  # noqa: E402
+from ip_lap_jax.models import registry, syncnet  # noqa: E402
 from ip_lap_jax.evaluation import lip_sync  # noqa: E402
+from ip_lap_jax.evaluation import mfcc as mfcc_lib  # noqa: E402
 from torch_mirror.common import randomize_batchnorm_stats  # noqa: E402
 
 
@@ -52,6 +59,50 @@ def _reference(model: mirror_lib.S, frames: np.ndarray, wav: np.ndarray) -> tupl
                                   len(pcm), batch_size=20)
 
 
+def _best_ms(fn: Callable[[], Any], repeats: int = 3) -> float:
+  """Best wall time of `fn()` (outputs made ready), after one warm-up call."""
+  jax.block_until_ready(fn())
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    best = min(best, time.perf_counter() - start)
+  return round(best * 1000, 1)
+
+
+def _stage_times(scorer: lip_sync.LipSyncScorer, model: mirror_lib.S, frames: np.ndarray,
+                 wav: np.ndarray, windows: int) -> dict[str, float]:
+  """Milliseconds per piece of the scorer, and the lip stem and tower of both sides, for
+  one batch of `windows` windows of the clip."""
+  frames224 = lip_sync.resize_frames(frames)
+  pcm = lip_sync.to_pcm16(wav)
+  cep = mfcc_lib.mfcc(pcm)
+  count = lip_sync.num_windows(len(frames224), len(pcm))
+  lip, aud = scorer.embeddings(frames224, cep, count)
+  net, variables = scorer._model, scorer._variables  # pylint: disable=protected-access
+  run = jnp.asarray(frames224[None, :windows + 4], jnp.float32)
+  per_window = np.stack([frames224[i:i + 5] for i in range(windows)]).astype(np.float32)
+  stem = syncnet.Conv3d(96, (5, 7, 7), (2, 2), conv_algorithm=net.conv_algorithm)
+  stem_variables = {"params": variables["params"]["netcnnlip_0"]}
+  apply_stem = jax.jit(stem.apply)
+  apply_lip = jax.jit(lambda v, x: net.apply(v, x, method=syncnet.SyncNet.forward_lip))
+  apply_aud = jax.jit(lambda v, x: net.apply(v, x, method=syncnet.SyncNet.forward_aud))
+  mfcc_windows = jnp.zeros((windows, 13, 20, 1), jnp.float32)
+  torch_windows = torch.from_numpy(np.ascontiguousarray(per_window.transpose(0, 4, 1, 2, 3)))
+  return {
+      "resize": _best_ms(lambda: lip_sync.resize_frames(frames)),
+      "mfcc": _best_ms(lambda: mfcc_lib.mfcc(pcm)),
+      "embeddings (whole clip)": _best_ms(lambda: scorer.embeddings(frames224, cep, count)),
+      "distances": _best_ms(lambda: lip_sync.offset_distances(lip, aud)),
+      "stem, run of frames": _best_ms(lambda: apply_stem(stem_variables, run)),
+      "stem, stacked windows": _best_ms(lambda: apply_stem(stem_variables, jnp.asarray(per_window))),
+      "lip tower": _best_ms(lambda: apply_lip(variables, run)),
+      "audio tower": _best_ms(lambda: apply_aud(variables, mfcc_windows)),
+      "reference stem": _best_ms(lambda: model.netcnnlip[0](torch_windows)),
+      "reference lip tower": _best_ms(lambda: model.forward_lip(torch_windows)),
+  }
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--clips", type=int, default=2)
@@ -59,6 +110,8 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--json", default=None, help="also write the numbers here")
+  parser.add_argument("--stages", action="store_true",
+                      help="also time the pieces (ms, one batch of --batch windows, best of 3)")
   args = parser.parse_args()
 
   cores = len(os.sched_getaffinity(0))
@@ -103,6 +156,9 @@ def main() -> None:
       "first_call_s (compile + run)": round(compile_s, 2),
       "lse": [[round(o.lse_c, 4), round(o.lse_d, 4), o.offset] for o in ours],
   }
+  if args.stages:
+    with torch.no_grad():
+      result["stages_ms"] = _stage_times(scorer, model, *clips[0], windows=args.batch)
   print(json.dumps(result))
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
