@@ -11,7 +11,8 @@ Marked `multihost`: deselected by default, and run by `make test` in a second py
 after the rest, alone. Inside the xdist run on 2026-12-03 the launches (each train.py
 process ~4 GB resident while compiling) beside the other worker (6-7 GB after its files)
 ran the 24 GiB machine out of memory. Alone on the quiet 2-core machine: landmark 385 s
-(four launches), renderer ~114 s, late peer ~72 s (mostly sleeping).
+(four launches), renderer ~114 s, late peer ~72 s (mostly sleeping); as make test's
+second call on 2026-12-03's slower VM: 441 s, 258 s and 73 s, 777 s for the file.
 
 Steps are compiled before the processes meet at a barrier (`parallel.data_parallel`), so
 a peer still compiling does not trip gloo's 30 s connection set-up. Run it alone with
