@@ -135,9 +135,10 @@ def default_devices() -> list[jax.Device]:
   return devices[:1] if devices[0].platform == "cpu" else devices
 
 
-def _pad_axis0(array: np.ndarray, multiple: int) -> np.ndarray:
-  """Zero rows appended up to a multiple of `multiple`."""
-  extra = -len(array) % multiple
+def _pad_axis0(array: np.ndarray, multiple: int, length: int = 0) -> np.ndarray:
+  """Zero rows appended up to the first multiple of `multiple` holding `length` rows (and
+  all of `array`'s)."""
+  extra = -(-max(len(array), length) // multiple) * multiple - len(array)
   return np.concatenate([array, np.zeros((extra, *array.shape[1:]), array.dtype)]) if extra else array
 
 
@@ -207,12 +208,9 @@ class LipSyncScorer:
     # Padded to buckets, so clips of similar lengths share one compiled executable, and
     # past the last batch's padding windows (dynamic slices would clamp, not read zeros);
     # real windows read only the real frames and columns.
-    read = max(first + bucketed_rows(first, count, self.batch_size, self._bucket)[0].size
-               for first in range(0, count, self.batch_size)) + LIP_FRAMES - 1
-    frames224 = _pad_axis0(frames224[:read], _FRAME_BUCKET)
-    if len(frames224) < read:
-      frames224 = np.concatenate([frames224, np.zeros((_FRAME_BUCKET,) + frames224.shape[1:],
-                                                      frames224.dtype)])
+    last = (count - 1) // self.batch_size * self.batch_size  # the last batch reads furthest
+    read = last + bucketed_rows(last, count, self.batch_size, self._bucket)[0].size + LIP_FRAMES - 1
+    frames224 = _pad_axis0(frames224[:read], _FRAME_BUCKET, read)
     cep = _pad_axis0(np.asarray(mfcc, np.float32), _FRAME_BUCKET * MFCC_PER_FRAME).T
     frames = jax.device_put(frames224, self._replicated)
     cep = jax.device_put(np.ascontiguousarray(cep), self._replicated)

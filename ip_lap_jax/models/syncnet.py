@@ -83,13 +83,17 @@ class Conv3d(nn.Module):
                         (kd, kh, kw, cin, self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     dout = d - kd + 1
+
+    def xla_conv(u: Array, v: Array) -> Array:
+      return jax.lax.conv_general_dilated(
+          u, v, self.strides, ops.conv_padding(self.padding),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.precision)
+
     cpu_paths = self.conv_algorithm != "direct" and self.precision is None
     if cpu_paths and kd > 1 and dout >= _DEPTH_WINOGRAD_OUTPUTS and self.padding == (0, 0) \
         and self.strides != (1, 1):
       # XLA's convolution of 3-channel planes beat the row phases (benchmarks/README.md).
-      conv2d = lambda u, v: jax.lax.conv_general_dilated(  # noqa: E731
-          u, v, self.strides, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-      return _depth_winograd(x, kernel, conv2d) + bias
+      return _depth_winograd(x, kernel, xla_conv) + bias
     # [B, Dout, H, W, kd * Cin], depth-major channels to match the folded kernel.
     stacked = jnp.concatenate([x[:, t:t + dout] for t in range(kd)], axis=-1)
     stacked = stacked.reshape(b * dout, h, w, kd * cin)
@@ -106,9 +110,7 @@ class Conv3d(nn.Module):
       y = (stacked.reshape(b * dout, -1) @ folded.reshape(-1, self.features)
            ).reshape(b * dout, 1, 1, self.features)
     else:
-      y = jax.lax.conv_general_dilated(
-          stacked, folded, self.strides, ops.conv_padding(self.padding),
-          dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.precision)
+      y = xla_conv(stacked, folded)
     y = y + bias
     return y.reshape(b, dout, *y.shape[1:])
 
