@@ -59,7 +59,7 @@ def _reference(model: mirror_lib.S, frames: np.ndarray, wav: np.ndarray) -> tupl
                                   len(pcm), batch_size=20)
 
 
-def _best_ms(fn: Callable[[], Any], repeats: int = 3) -> float:
+def best_ms(fn: Callable[[], Any], repeats: int = 3) -> float:
   """Best wall time of `fn()` (outputs made ready), after one warm-up call."""
   jax.block_until_ready(fn())
   best = float("inf")
@@ -90,16 +90,16 @@ def _stage_times(scorer: lip_sync.LipSyncScorer, model: mirror_lib.S, frames: np
   mfcc_windows = jnp.zeros((windows, 13, 20, 1), jnp.float32)
   torch_windows = torch.from_numpy(np.ascontiguousarray(per_window.transpose(0, 4, 1, 2, 3)))
   return {
-      "resize": _best_ms(lambda: lip_sync.resize_frames(frames)),
-      "mfcc": _best_ms(lambda: mfcc_lib.mfcc(pcm)),
-      "embeddings (whole clip)": _best_ms(lambda: scorer.embeddings(frames224, cep, count)),
-      "distances": _best_ms(lambda: lip_sync.offset_distances(lip, aud)),
-      "stem, run of frames": _best_ms(lambda: apply_stem(stem_variables, run)),
-      "stem, stacked windows": _best_ms(lambda: apply_stem(stem_variables, jnp.asarray(per_window))),
-      "lip tower": _best_ms(lambda: apply_lip(variables, run)),
-      "audio tower": _best_ms(lambda: apply_aud(variables, mfcc_windows)),
-      "reference stem": _best_ms(lambda: model.netcnnlip[0](torch_windows)),
-      "reference lip tower": _best_ms(lambda: model.forward_lip(torch_windows)),
+      "resize": best_ms(lambda: lip_sync.resize_frames(frames)),
+      "mfcc": best_ms(lambda: mfcc_lib.mfcc(pcm)),
+      "embeddings (whole clip)": best_ms(lambda: scorer.embeddings(frames224, cep, count)),
+      "distances": best_ms(lambda: lip_sync.offset_distances(lip, aud)),
+      "stem, run of frames": best_ms(lambda: apply_stem(stem_variables, run)),
+      "stem, stacked windows": best_ms(lambda: apply_stem(stem_variables, jnp.asarray(per_window))),
+      "lip tower": best_ms(lambda: apply_lip(variables, run)),
+      "audio tower": best_ms(lambda: apply_aud(variables, mfcc_windows)),
+      "reference stem": best_ms(lambda: model.netcnnlip[0](torch_windows)),
+      "reference lip tower": best_ms(lambda: model.forward_lip(torch_windows)),
   }
 
 

@@ -27,7 +27,6 @@ import json
 import os
 import pathlib
 import sys
-import time
 from typing import Any, Callable
 
 import numpy as np
@@ -42,16 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from ip_lap_jax.models import conv as conv_lib  # noqa: E402
 from ip_lap_jax.models import syncnet  # noqa: E402
-
-
-def _best_ms(fn: Callable[[], Any], repeats: int) -> float:
-  jax.block_until_ready(fn())
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    best = min(best, time.perf_counter() - start)
-  return best * 1000
+from bench_eval import best_ms  # noqa: E402  (this folder is the script's sys.path[0])
 
 
 def _xla_conv(x, w, strides, padding):
@@ -115,7 +105,7 @@ def main() -> None:
 
   def record(layer: str, method: str, fn: Callable[[], Any], flops: float,
              check: tuple[Any, Any] | None = None) -> None:
-    ms = _best_ms(fn, args.repeats)
+    ms = best_ms(fn, args.repeats)
     row = {"layer": layer, "method": method, "ms": round(ms, 1),
            "gflop_per_s": round(flops / ms / 1e6, 1)}
     if check is not None:
