@@ -15,6 +15,7 @@ anywhere, and converted official checkpoints get `official_spec`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Mapping
 
 import jax
@@ -193,17 +194,41 @@ def _init_kwargs(spec: ModelSpec) -> dict[str, Any]:
   return {"train": False} if spec.name in ("landmark_generator", "renderer") else {}
 
 
-def variables_template(spec: ModelSpec) -> dict[str, Any]:
-  """`jax.eval_shape` of the model's init: the shapes every load is checked against."""
+def _spec_key(spec: ModelSpec) -> tuple[str, bool]:
+  """A hashable identity of what `spec` builds: its JSON, and whether float64 is on (a
+  module's float64 compute creates float64 arrays only then)."""
+  return json.dumps(spec.to_json(), sort_keys=True, default=repr), bool(jax.config.jax_enable_x64)
+
+
+# Per process, by _spec_key: the few specs a process meets are each traced (and their
+# init compiled) once, not at every save, load and init.
+_TEMPLATES: dict[tuple[str, bool], Any] = {}
+_INITS: dict[tuple[str, bool], Any] = {}
+
+
+def _init_fn(spec: ModelSpec) -> Any:
   module, inputs = build(spec), dummy_inputs(spec)
-  return jax.eval_shape(lambda k: module.init(k, *inputs, **_init_kwargs(spec)),
-                        jax.random.key(0))
+  return lambda rng: module.init(rng, *inputs, **_init_kwargs(spec))
+
+
+def variables_template(spec: ModelSpec) -> dict[str, Any]:
+  """`jax.eval_shape` of the model's init: the shapes every load is checked against.
+
+  Traced once per spec in a process; each call returns its own containers.
+  """
+  key = _spec_key(spec)
+  if key not in _TEMPLATES:
+    _TEMPLATES[key] = jax.eval_shape(_init_fn(spec), jax.random.key(0))
+  return jax.tree.map(lambda leaf: leaf, _TEMPLATES[key])
 
 
 def init_variables(spec: ModelSpec, rng: jax.Array) -> dict[str, Any]:
-  """Randomly initialised variables of the model (Flax's initialisers), jitted."""
-  module, inputs = build(spec), dummy_inputs(spec)
-  return jax.jit(lambda r: module.init(r, *inputs, **_init_kwargs(spec)))(rng)
+  """Randomly initialised variables of the model (Flax's initialisers), jitted once per
+  spec in a process."""
+  key = _spec_key(spec)
+  if key not in _INITS:
+    _INITS[key] = jax.jit(_init_fn(spec))
+  return _INITS[key](rng)
 
 
 def official_template(name: str) -> dict[str, Any]:
