@@ -57,3 +57,34 @@ def test_command_line_overrides():
        "--config.batch_size=4", "--config.optimizer.learning_rate=0.5"],
       cwd=REPO, capture_output=True, text=True, check=True)
   assert out.stdout.split() == ["4", "0.5", "False"]
+
+
+def test_registry_traces_each_spec_once_and_returns_fresh_containers():
+  """variables_template and init_variables are cached per spec (and x64 flag): a second
+  call neither re-traces nor shares containers, and init still takes its rng."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from ip_lap_jax.models import registry  # pylint: disable=import-outside-toplevel
+
+  spec = registry.official_spec("lpips")
+  first = registry.variables_template(spec)
+  traced = dict(registry._TEMPLATES)  # pylint: disable=protected-access
+  second = registry.variables_template(registry.ModelSpec.from_json(spec.to_json()))
+  assert registry._TEMPLATES == traced  # the same spec, rebuilt from JSON: no new trace
+  assert jax.tree.structure(first) == jax.tree.structure(second)
+  assert first is not second and first["params"] is not second["params"]
+  first["params"]["added"] = None
+  assert "added" not in registry.variables_template(spec)["params"]
+  other = spec.replace(config={"conv_algorithm": "direct"})
+  assert registry._spec_key(other) != registry._spec_key(spec)  # pylint: disable=protected-access
+  with jax.enable_x64(True):
+    assert registry._spec_key(spec) != registry._spec_key(other)  # pylint: disable=protected-access
+    assert registry._spec_key(spec)[1] is True  # pylint: disable=protected-access
+
+  flat = lambda v: np.concatenate([np.ravel(x) for x in jax.tree.leaves(v["params"])])
+  a = registry.init_variables(spec, jax.random.key(0))
+  b = registry.init_variables(spec, jax.random.key(1))
+  again = registry.init_variables(spec, jax.random.key(0))
+  assert not np.array_equal(flat(a), flat(b))
+  np.testing.assert_array_equal(flat(a), flat(again))
