@@ -109,6 +109,13 @@ def test_a_run_of_frames_embeds_each_of_its_windows(mirror, variables):
   assert err <= 1e-4
 
 
+def _exact_conv(x, k, strides):
+  """An unpadded convolution by XLA at HIGHEST precision: the truth the CPU paths match."""
+  return jax.lax.conv_general_dilated(x, k, strides, "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      precision=jax.lax.Precision.HIGHEST)
+
+
 @pytest.mark.parametrize("depth, outputs", [(11, 4), (8, 4), (9, 2), (6, 3)])
 def test_depth_winograd_equals_summed_convolutions(depth, outputs):
   """Depth outputs t = sum_j conv2d(frame t + j, kernel[j]), float64 truth; whole and
@@ -117,11 +124,7 @@ def test_depth_winograd_equals_summed_convolutions(depth, outputs):
   x = rng.uniform(0, 255, (2, depth, 23, 19, 3)).astype(np.float32)
   k = rng.normal(0, 0.05, (5, 7, 7, 3, 6)).astype(np.float32)
 
-  def conv(u, v):
-    return jax.lax.conv_general_dilated(u, v, (2, 2), "VALID",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        precision=jax.lax.Precision.HIGHEST)
-
+  conv = lambda u, v: _exact_conv(u, v, (2, 2))
   want = np.stack([sum(np.asarray(conv(x[:, t + j], k[j]), np.float64) for j in range(5))
                    for t in range(depth - 4)], axis=1)
   got = syncnet_lib._depth_winograd(jnp.asarray(x), jnp.asarray(k), conv, outputs=outputs)
@@ -139,9 +142,7 @@ def test_row_phase_conv_equals_lax_conv(shape, kernel, strides, chunk):
   rng = np.random.default_rng(sum(shape))
   x = rng.uniform(0, 255, shape).astype(np.float32)
   k = rng.normal(0, 0.05, (*kernel, shape[-1], 6)).astype(np.float32)
-  want = jax.lax.conv_general_dilated(x, k, strides, "VALID",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                      precision=jax.lax.Precision.HIGHEST)
+  want = _exact_conv(x, k, strides)
   got = syncnet_lib._strided_conv_by_row_phases(x, k, strides, chunk=chunk)
   assert got.shape == want.shape
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0,

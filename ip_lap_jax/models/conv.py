@@ -93,7 +93,7 @@ def _conv_with_params(module: nn.Module, x: Array, kernel_size: int, kernel_init
   return y
 
 
-def _combine(matrix: np.ndarray, terms: list[Array]) -> list[Array]:
+def linear_combinations(matrix: np.ndarray, terms: list[Array]) -> list[Array]:
   """Rows of a small constant matrix applied to a list of arrays, skipping zero entries.
 
   Written as sums of scaled arrays (not a dot with the matrix) so XLA fuses each output
@@ -125,8 +125,8 @@ def _winograd_input_tiles(x: Array, output_tile: int) -> tuple[Array, int, int]:
   tiles_h, tiles_w = -(-h // m), -(-w // m)
   xp = jnp.pad(x, ((0, 0), (1, tiles_h * m + 1 - h), (1, tiles_w * m + 1 - w), (0, 0)))
   bt = bt.astype(np.dtype(x.dtype.name))
-  rows = _combine(bt, [xp[:, i:i + tiles_h * m:m] for i in range(alpha)])
-  v = jnp.stack([jnp.stack(_combine(bt, [r[:, :, j:j + tiles_w * m:m] for j in range(alpha)]))
+  rows = linear_combinations(bt, [xp[:, i:i + tiles_h * m:m] for i in range(alpha)])
+  v = jnp.stack([jnp.stack(linear_combinations(bt, [r[:, :, j:j + tiles_w * m:m] for j in range(alpha)]))
                  for r in rows])  # [alpha, alpha, B, tiles_h, tiles_w, Cin]
   return v.reshape(alpha * alpha, b * tiles_h * tiles_w, cin), tiles_h, tiles_w
 

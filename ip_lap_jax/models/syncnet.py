@@ -145,12 +145,6 @@ def _toom_cook(outputs: int, taps: int) -> tuple[np.ndarray, np.ndarray, np.ndar
   return vandermonde(outputs).T, vandermonde(taps), interpolate.T
 
 
-def _weighted_sum(coefficients: np.ndarray, terms: list[Array]) -> Array:
-  """sum_j c_j * terms[j] for the nonzero constants c_j."""
-  out = [float(c) * t if c != 1 else t for c, t in zip(coefficients, terms) if c != 0]
-  return functools.reduce(jnp.add, out)
-
-
 def _depth_winograd(x: Array, kernel: Array, conv2d: Callable[[Array, Array], Array],
                     outputs: int = _DEPTH_WINOGRAD_OUTPUTS) -> Array:
   """An unpadded, depth-stride-1 Conv3d over a long depth (all windows of a clip at once).
@@ -173,12 +167,10 @@ def _depth_winograd(x: Array, kernel: Array, conv2d: Callable[[Array, Array], Ar
   # Zero frames complete the last block; the outputs that read them are dropped.
   x = jnp.pad(x, ((0, 0), (0, blocks * outputs + kd - 1 - d), (0, 0), (0, 0), (0, 0)))
   tiles = [x[:, j:j + (blocks - 1) * outputs + 1:outputs] for j in range(n)]  # [B, blocks, ...]
-  taps = [kernel[j] for j in range(kd)]
-  products = []
-  for i in range(n):
-    u = _weighted_sum(b_t[i], tiles).reshape(b * blocks, h, w, cin)
-    products.append(conv2d(u, _weighted_sum(g[i], taps)))
-  y = jnp.stack([_weighted_sum(a_t[k], products) for k in range(outputs)], axis=1)
+  planes = conv_lib.linear_combinations(b_t, tiles)
+  taps = conv_lib.linear_combinations(g, [kernel[j] for j in range(kd)])
+  products = [conv2d(u.reshape(b * blocks, h, w, cin), v) for u, v in zip(planes, taps)]
+  y = jnp.stack(conv_lib.linear_combinations(a_t, products), axis=1)
   y = y.reshape(b, blocks * outputs, *y.shape[2:])  # [B * blocks, m, ...] in depth order
   return y[:, :dout]
 
